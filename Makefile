@@ -1,0 +1,30 @@
+# Every target sets itself up on a fresh machine: a .venv with the pinned torch
+# (the CUDA 13 build, so the CUDA extension compiles wherever nvcc exists, GPU
+# or not) and this package installed editable with its test and bench extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_PIN := torch==2.14.1
+READY := $(VENV)/.ready
+
+.PHONY: test bench info clean
+
+$(READY): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet setuptools wheel
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test,bench]'
+	touch $@
+
+test: $(READY)
+	$(PY) -m memkernels.info
+	$(PY) -m pytest tests -q
+
+bench: $(READY)
+	$(PY) -m pytest benchmarks -q
+
+info: $(READY)
+	$(PY) -m memkernels.info
+
+clean:
+	rm -rf $(VENV) build *.egg-info

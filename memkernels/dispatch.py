@@ -1,0 +1,108 @@
+"""Which backend runs an op: the one place that decides, and says why not.
+
+Backends:
+  * ``"torch"``  – the reference composite (`memkernels.reference`); runs anywhere.
+  * ``"triton"`` – fused Triton kernels; CUDA tensors, or CPU tensors when
+    ``TRITON_INTERPRET=1`` (the Triton interpreter, used by the CPU test suite;
+    it has no bfloat16 arithmetic).
+  * ``"cuda"``   – the compiled C++/CUDA extension `memkernels._C`; CUDA tensors.
+
+``"auto"`` picks, in order, the first backend that can run: on CUDA tensors
+triton, then cuda, then torch; on any other device torch. The interpreter is a
+testing device, never the fast path, so ``"auto"`` keeps CPU tensors on torch
+even when ``TRITON_INTERPRET=1``.
+
+Every refusal is a `BackendUnavailable` (a RuntimeError) whose message names the
+op, the backend and the missing piece in one sentence.
+"""
+import functools
+import importlib
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("torch", "triton", "cuda")
+OPS = ("memory_read", "slot_attention", "memory_norm")
+
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "torch")}
+_CPU_AUTO_ORDER = ("torch",)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run these inputs here."""
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def triton_import_error() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed"
+    return None
+
+
+@functools.cache
+def cuda_extension_error() -> str | None:
+    """None when `memkernels._C` imports, else why it does not."""
+    try:
+        importlib.import_module("memkernels._C")
+    except ImportError as error:
+        return f"the memkernels._C extension is not built ({error})"
+    return None
+
+
+def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if `backend` can run on tensors of this device and dtype, else the reason."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if (error := triton_import_error()) is not None:
+            return error
+        if device.type == "cuda":
+            return None
+        if not triton_interpreter_enabled():
+            return (
+                f"it needs a CUDA GPU and the inputs are on {device.type} "
+                "(set TRITON_INTERPRET=1 to run the Triton interpreter on the CPU)"
+            )
+        if dtype == torch.bfloat16:
+            return "the Triton CPU interpreter has no bfloat16 arithmetic"
+        return None
+    if backend == "cuda":
+        if (error := cuda_extension_error()) is not None:
+            return error
+        if device.type != "cuda":
+            return f"it needs CUDA tensors and the inputs are on {device.type}"
+        if dtype == torch.float64:
+            return "its kernels take float16, bfloat16 and float32, not float64"
+        return None
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def auto_order(device_type: str) -> tuple[str, ...]:
+    """The backends `"auto"` tries, in order, for tensors on this device type."""
+    return _AUTO_ORDER.get(device_type, _CPU_AUTO_ORDER)
+
+
+def select(op: str, requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend to run `op` with: `requested` if it can run, or the `"auto"` choice."""
+    if requested == "auto":
+        return next(b for b in auto_order(device.type) if why_unavailable(b, device, dtype) is None)
+    if requested not in BACKENDS:
+        raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+    reason = why_unavailable(requested, device, dtype)
+    if reason is not None:
+        raise BackendUnavailable(f"{op}: backend {requested!r} cannot run here: {reason}.")
+    return requested
+
+
+def kernels(op: str, backend: str):
+    """The module holding `<op>_forward` and `<op>_backward` for a backend."""
+    if backend == "torch":
+        return importlib.import_module("memkernels.reference")
+    if backend == "triton":
+        return importlib.import_module(f"memkernels.triton_kernels.{op}")
+    raise BackendUnavailable(f"{op}: backend {backend!r} has no kernels in this build.")

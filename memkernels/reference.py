@@ -1,0 +1,143 @@
+"""Reference implementations of the three memory ops in plain PyTorch.
+
+These are the semantics every kernel is tested against, and the `"torch"`
+backend of the public ops. Each op comes in three pieces sharing one code path:
+
+* `<op>_forward(...)` returns the output and the float32 statistic the fused
+  kernels save for backward (`lse` for the attentions, the row `norm` for
+  memory_norm). It is differentiable by autograd, so `<op>(...)` is simply its
+  first output: that composite is what "eager reference" and "torch.compile of
+  the reference" mean in the benchmarks.
+* `<op>_backward(...)` is the explicit gradient the kernels implement, written
+  with the same saved statistics (probabilities recomputed from `lse`).
+
+Arithmetic runs in float32 for float16/bfloat16/float32 inputs and in float64
+for float64 inputs; outputs come back in the input dtype. These functions
+materialise the full score matrix: they are for correctness, not speed.
+Inputs are not validated here; the public functions in `memkernels` do that.
+"""
+import torch
+from torch import Tensor
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _upcast(*tensors: Tensor) -> list[Tensor]:
+    acc = accumulation_dtype(tensors[0].dtype)
+    return [t.to(acc) for t in tensors]
+
+
+def _row_delta(dout: Tensor, out: Tensor) -> Tensor:
+    """rowsum(dO * O) per (b, row, h), moved to (B, H, rows)."""
+    return (dout * out).sum(-1).permute(0, 2, 1)
+
+
+# memory_read ----------------------------------------------------------------
+
+def memory_read_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """out (B, L, H, D) in q's dtype and lse (B, H, L) in the accumulation dtype."""
+    qf, kf, vf = _upcast(q, k, v)
+    scores = torch.einsum("blhd,bkhd->bhlk", qf, kf) * scale  # [B, H, L, K]
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    out = torch.einsum("bhlk,bkhd->blhd", probs, vf)
+    return out.to(q.dtype).contiguous(), lse.contiguous()
+
+
+def memory_read_backward(dout, q, k, v, out, lse, scale):
+    """(dq, dk, dv) from the saved output and lse."""
+    dof, qf, kf, vf, of = _upcast(dout, q, k, v, out)
+    scores = torch.einsum("blhd,bkhd->bhlk", qf, kf) * scale
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    dprobs = torch.einsum("blhd,bkhd->bhlk", dof, vf)
+    dscores = probs * (dprobs - _row_delta(dof, of).unsqueeze(-1))
+    dq = torch.einsum("bhlk,bkhd->blhd", dscores, kf) * scale
+    dk = torch.einsum("bhlk,blhd->bkhd", dscores, qf) * scale
+    dv = torch.einsum("bhlk,blhd->bkhd", probs, dof)
+    return tuple(g.to(q.dtype).contiguous() for g in (dq, dk, dv))
+
+
+def memory_read(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Cross-attention of tokens (B, L, H, D) over memory slots (B, K, H, D)."""
+    return memory_read_forward(q, k, v, scale)[0]
+
+
+# slot_attention -------------------------------------------------------------
+
+def _slot_scores(qf, kf, k_tokf, key_padding_mask, scale):
+    """Scores over [own key; token keys]: (B, H, K, 1 + L)."""
+    s_self = torch.einsum("bkhd,bkhd->bhk", qf, kf).unsqueeze(-1)
+    s_tok = torch.einsum("bkhd,blhd->bhkl", qf, k_tokf)
+    if key_padding_mask is not None:
+        s_tok = s_tok.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+    return torch.cat([s_self, s_tok], dim=-1) * scale
+
+
+def _mix_values(probs, vf, v_tokf):
+    """p_self * v + P_tok @ v_tok, back in (B, K, H, D)."""
+    own = probs[..., 0].permute(0, 2, 1).unsqueeze(-1) * vf
+    return own + torch.einsum("bhkl,blhd->bkhd", probs[..., 1:], v_tokf)
+
+
+def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale):
+    """out (B, K, H, D) and lse (B, H, K). `scale` already includes 1/tau.
+
+    A slot whose tokens are all masked has p_self = exp(0) = 1 and p_tok = 0,
+    so its output is its own value exactly.
+    """
+    qf, kf, vf, k_tokf, v_tokf = _upcast(q, k, v, k_tok, v_tok)
+    scores = _slot_scores(qf, kf, k_tokf, key_padding_mask, scale)
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    out = _mix_values(probs, vf, v_tokf)
+    return out.to(q.dtype).contiguous(), lse.contiguous()
+
+
+def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale):
+    """(dq, dk, dv, dk_tok, dv_tok) from the saved output and lse."""
+    dof, qf, kf, vf, k_tokf, v_tokf, of = _upcast(dout, q, k, v, k_tok, v_tok, out)
+    probs = torch.exp(_slot_scores(qf, kf, k_tokf, key_padding_mask, scale) - lse.unsqueeze(-1))
+    dp_self = torch.einsum("bkhd,bkhd->bhk", dof, vf).unsqueeze(-1)
+    dp_tok = torch.einsum("bkhd,blhd->bhkl", dof, v_tokf)
+    dscores = probs * (torch.cat([dp_self, dp_tok], dim=-1) - _row_delta(dof, of).unsqueeze(-1))
+    ds_self = dscores[..., 0].permute(0, 2, 1).unsqueeze(-1)  # [B, K, H, 1]
+    ds_tok = dscores[..., 1:]
+    dq = (ds_self * kf + torch.einsum("bhkl,blhd->bkhd", ds_tok, k_tokf)) * scale
+    dk = ds_self * qf * scale
+    dv = probs[..., 0].permute(0, 2, 1).unsqueeze(-1) * dof
+    dk_tok = torch.einsum("bhkl,bkhd->blhd", ds_tok, qf) * scale
+    dv_tok = torch.einsum("bhkl,bkhd->blhd", probs[..., 1:], dof)
+    return tuple(g.to(q.dtype).contiguous() for g in (dq, dk, dv, dk_tok, dv_tok))
+
+
+def slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale):
+    """Each slot attends over its own key and the token keys (scale includes 1/tau)."""
+    return slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale)[0]
+
+
+# memory_norm ----------------------------------------------------------------
+
+def memory_norm_forward(m: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """out (B, K, W) in m's dtype and the unclamped row norm (B, K)."""
+    mf, biasf = _upcast(m, bias)
+    x = mf + biasf
+    norm = torch.linalg.vector_norm(x, dim=-1)
+    out = x / norm.clamp_min(eps).unsqueeze(-1)
+    return out.to(m.dtype).contiguous(), norm.contiguous()
+
+
+def memory_norm_backward(dout, out, norm, eps):
+    """(dm, dbias). Rows whose norm was clamped to eps are a plain division by eps."""
+    dyf, yf = _upcast(dout, out)
+    clamped = (norm < eps).unsqueeze(-1)
+    projected = dyf - yf * (yf * dyf).sum(-1, keepdim=True)
+    dx = torch.where(clamped, dyf / eps, projected / norm.clamp_min(eps).unsqueeze(-1))
+    return dx.to(out.dtype).contiguous(), dx.sum(0).to(out.dtype).contiguous()
+
+
+def memory_norm(m: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """normalize(m + bias) over the last dim: the biased memory normalization."""
+    return memory_norm_forward(m, bias, eps)[0]

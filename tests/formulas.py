@@ -1,0 +1,31 @@
+"""Float64 formulas for the three ops, written independently of memkernels.
+
+Every test compares the package against these: plain einsum/softmax in float64,
+differentiated by autograd, sharing no code with `memkernels.reference`.
+"""
+import torch
+
+
+def memory_read(q, k, v, scale):
+    q, k, v = (t.double() for t in (q, k, v))
+    s = torch.einsum("blhd,bkhd->bhlk", q, k) * scale
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("bhlk,bkhd->blhd", p, v)
+
+
+def slot_attention(q, k, v, k_tok, v_tok, tau, scale, key_padding_mask=None):
+    q, k, v, k_tok, v_tok = (t.double() for t in (q, k, v, k_tok, v_tok))
+    c = scale / tau
+    s_self = torch.einsum("bkhd,bkhd->bhk", q, k).unsqueeze(-1) * c
+    s_tok = torch.einsum("bkhd,blhd->bhkl", q, k_tok) * c
+    if key_padding_mask is not None:
+        s_tok = s_tok.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+    p = torch.softmax(torch.cat([s_self, s_tok], dim=-1), dim=-1)
+    out = p[..., :1].permute(0, 2, 1, 3) * v
+    return out + torch.einsum("bhkl,blhd->bkhd", p[..., 1:], v_tok)
+
+
+def memory_norm(m, bias, eps):
+    x = m.double() + bias.double()
+    norm = torch.sqrt((x * x).sum(-1, keepdim=True))
+    return x / torch.clamp(norm, min=eps)

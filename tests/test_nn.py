@@ -1,0 +1,103 @@
+"""The drop-in modules: shapes, semantics against hand-written formulas, gradients, torch.compile."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import formulas
+from memkernels.nn import BiasedMemoryNorm, MemoryReader, MemoryWriter
+from utils import DEVICE
+
+D_MODEL, HEADS, SLOTS = 24, 3, 5
+
+
+def _memory_and_tokens(batch=2, tokens=7):
+    torch.manual_seed(0)
+    memory = F.normalize(torch.randn(batch, SLOTS, D_MODEL, device=DEVICE), dim=-1)
+    return memory, torch.randn(batch, tokens, D_MODEL, device=DEVICE)
+
+
+def test_reader_is_cross_attention_over_slots():
+    reader = MemoryReader(D_MODEL, HEADS).to(DEVICE)
+    memory, x = _memory_and_tokens()
+    out = reader(x, memory)
+    split = lambda t: t.unflatten(-1, (HEADS, D_MODEL // HEADS))  # noqa: E731
+    attended = formulas.memory_read(split(reader.query(x)), split(reader.key(memory)),
+                                    split(reader.value(memory)), (D_MODEL // HEADS) ** -0.5)
+    expected = reader.out(attended.flatten(-2).float())
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_writer_shares_key_projection_and_keeps_slots_on_the_sphere():
+    writer = MemoryWriter(D_MODEL, HEADS, SLOTS).to(DEVICE)
+    memory, x = _memory_and_tokens()
+    new_memory = writer(memory, x)
+    split = lambda t: t.unflatten(-1, (HEADS, D_MODEL // HEADS))  # noqa: E731
+    updated = formulas.slot_attention(
+        split(writer.query(memory)), split(writer.key(memory)), split(memory),
+        split(writer.key(x)), split(writer.value(x)), tau=0.25, scale=(D_MODEL // HEADS) ** -0.5,
+    )
+    expected = formulas.memory_norm(updated.flatten(-2), writer.norm.bias, 1e-12)
+    assert new_memory.shape == memory.shape
+    torch.testing.assert_close(new_memory.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_memory.norm(dim=-1), torch.ones(2, SLOTS, device=DEVICE))
+
+
+def test_writer_with_all_tokens_masked_only_forgets():
+    writer = MemoryWriter(D_MODEL, HEADS, SLOTS).to(DEVICE)
+    memory, x = _memory_and_tokens()
+    mask = torch.zeros(2, 7, dtype=torch.bool, device=DEVICE)
+    expected = F.normalize(memory + writer.norm.bias, dim=-1)
+    torch.testing.assert_close(writer(memory, x, key_padding_mask=mask), expected)
+
+
+def test_initial_memory_is_normalized_bias_and_trains_the_bias():
+    norm = BiasedMemoryNorm(SLOTS, D_MODEL).to(DEVICE)
+    memory = norm.initial_memory(3)
+    assert memory.shape == (3, SLOTS, D_MODEL)
+    torch.testing.assert_close(memory[2], F.normalize(norm.bias, dim=-1))
+    memory.sum().backward()
+    assert norm.bias.grad is not None and norm.bias.grad.abs().sum() > 0
+
+
+def test_modules_backpropagate_into_every_parameter():
+    reader, writer = MemoryReader(D_MODEL, HEADS).to(DEVICE), MemoryWriter(D_MODEL, HEADS, SLOTS).to(DEVICE)
+    x = torch.randn(2, 7, D_MODEL, device=DEVICE, requires_grad=True)
+    memory = writer.initial_memory(2)
+    for _ in range(2):  # two segments: the second write sees the first's memory
+        memory = writer(memory, reader(x, memory))
+    memory.square().sum().backward()
+    params = [*reader.named_parameters(), *writer.named_parameters()]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in params)
+    assert x.grad is not None
+
+
+def test_head_count_must_divide_width():
+    with pytest.raises(ValueError, match=r"d_model \(24\) must be a positive multiple of n_heads \(5\)"):
+        MemoryReader(24, 5)
+
+
+class _TinyMemoryLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.reader = MemoryReader(D_MODEL, HEADS)
+        self.writer = MemoryWriter(D_MODEL, HEADS, SLOTS)
+
+    def forward(self, x, memory, mask):
+        h = x + self.reader(x, memory)
+        return h, self.writer(memory, h, key_padding_mask=mask)
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    torch._dynamo.reset()
+    layer = _TinyMemoryLayer().to(DEVICE)
+    memory, x = _memory_and_tokens()
+    mask = torch.ones(2, 7, dtype=torch.bool, device=DEVICE)
+    mask[1, 4:] = False
+    compiled = torch.compile(layer, fullgraph=True)
+    eager_out = layer(x, memory, mask)
+    compiled_out = compiled(x, memory, mask)
+    for got, want in zip(compiled_out, eager_out):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    sum(o.sum() for o in compiled_out).backward()
+    assert all(p.grad is not None for p in layer.parameters())

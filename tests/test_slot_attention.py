@@ -1,0 +1,83 @@
+"""slot_attention through the public API, every available backend, against float64 formulas."""
+import pytest
+import torch
+
+import formulas
+import memkernels
+from utils import DEVICE, assert_close, backends_for, dtypes_for_device, grads, rand
+
+# (B, K, L, H, D): odd sizes, K = 1, L = 1, non-power-of-two head dims.
+SHAPES = [(2, 7, 13, 3, 24), (1, 1, 5, 2, 16), (2, 5, 1, 1, 8), (1, 6, 37, 2, 48), (2, 3, 4, 1, 80)]
+
+
+def _inputs(shape, dtype, transposed=False):
+    b, k, l, h, d = shape
+    slots = [rand(b, k, h, d, dtype=dtype, transposed=transposed) for _ in range(3)]
+    tokens = [rand(b, l, h, d, dtype=dtype, transposed=transposed) for _ in range(2)]
+    return (*slots, *tokens)
+
+
+def _random_mask(b, l):
+    mask = torch.rand(b, l, device=DEVICE) > 0.4
+    mask[0] = False  # the first sample is all padding: its slots must keep their values
+    return mask
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("dtype", dtypes_for_device())
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("backend", backends_for(torch.float32))
+def test_forward_and_gradients_match_float64(backend, shape, dtype, masked):
+    inputs = _inputs(shape, dtype, transposed=shape[0] == 2)
+    mask = _random_mask(shape[0], shape[2]) if masked else None
+    out = memkernels.slot_attention(*inputs, tau=0.25, scale=0.3, key_padding_mask=mask, backend=backend)
+    expected = formulas.slot_attention(*inputs, tau=0.25, scale=0.3, key_padding_mask=mask)
+    assert out.shape == inputs[0].shape and out.dtype == dtype
+    assert_close(out, expected, dtype)
+    if masked:
+        assert torch.equal(out[0], inputs[2][0].detach()), "all-masked slots must keep their own value"
+    grad_out = torch.randn_like(out)
+    for got, want in zip(grads(out, inputs, grad_out), grads(expected, inputs, grad_out.double())):
+        assert_close(got, want, dtype, scale=4)
+    if masked:
+        token_grads = grads(memkernels.slot_attention(*inputs, key_padding_mask=mask, backend=backend),
+                            inputs[3:], grad_out)
+        for g in token_grads:
+            assert torch.count_nonzero(g[~mask]) == 0, "masked tokens must get zero gradient"
+
+
+@pytest.mark.parametrize("backend", backends_for(torch.float64))
+def test_gradcheck_float64(backend):
+    inputs = _inputs((2, 3, 4, 2, 5), torch.float64, transposed=True)
+    mask = torch.tensor([[True, False, True, True], [False, True, True, False]], device=DEVICE)
+    assert torch.autograd.gradcheck(
+        lambda *t: memkernels.slot_attention(*t, tau=0.5, key_padding_mask=mask, backend=backend),
+        inputs, eps=1e-6, atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("backend", backends_for(torch.float32))
+def test_all_masked_slot_keeps_its_value_exactly(backend):
+    inputs = _inputs((2, 4, 6, 2, 16), torch.float32)
+    mask = torch.zeros(2, 6, dtype=torch.bool, device=DEVICE)
+    out = memkernels.slot_attention(*inputs, tau=0.25, key_padding_mask=mask, backend=backend)
+    assert torch.equal(out, inputs[2].detach())
+
+
+@pytest.mark.parametrize("backend", backends_for(torch.float32))
+def test_bitwise_deterministic(backend):
+    inputs = _inputs((2, 19, 7, 2, 16), torch.float32)
+    runs = []
+    for _ in range(2):
+        out = memkernels.slot_attention(*inputs, tau=0.25, backend=backend)
+        runs.append((out, *grads(out, inputs, torch.ones_like(out))))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("backend", backends_for(torch.float32))
+def test_opcheck(backend, masked):
+    inputs = _inputs((2, 3, 5, 2, 8), torch.float32, transposed=True)
+    mask = _random_mask(2, 5) if masked else None
+    torch.library.opcheck(torch.ops.memkernels.slot_attention.default, (*inputs, mask, 2.0, backend))

@@ -1,0 +1,50 @@
+"""Shared test helpers: devices, backends, random inputs and per-dtype tolerances."""
+import pytest
+import torch
+
+from memkernels import dispatch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# (atol, rtol) against the float64 formulas.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (5e-3, 1e-2),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+
+def backends_for(dtype):
+    """pytest params: every backend, skipped with its reason where it cannot run."""
+    params = []
+    for backend in dispatch.BACKENDS:
+        reason = dispatch.why_unavailable(backend, DEVICE, dtype)
+        marks = [pytest.mark.skip(reason=f"{backend}: {reason}")] if reason else []
+        params.append(pytest.param(backend, marks=marks, id=backend))
+    return params
+
+
+def dtypes_for_device():
+    dtypes = [torch.float32, torch.float16]
+    return dtypes + [torch.bfloat16] if DEVICE.type == "cuda" else dtypes
+
+
+def rand(*shape, dtype=torch.float32, transposed=False, requires_grad=True):
+    """Random tensor; `transposed` gives a (B, X, H, D) view of (B, H, X, D) storage."""
+    if transposed:
+        b, x, h, d = shape
+        t = torch.randn(b, h, x, d, device=DEVICE, dtype=dtype).transpose(1, 2)
+    else:
+        t = torch.randn(*shape, device=DEVICE, dtype=dtype)
+    return t.requires_grad_(requires_grad)
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    atol, rtol = TOLERANCES[dtype]
+    assert not torch.isnan(actual).any(), "output has NaN: some element was never written"
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol * scale)
+
+
+def grads(outputs, inputs, grad_out):
+    return torch.autograd.grad(outputs, inputs, grad_out)
