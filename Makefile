@@ -20,8 +20,13 @@ test: $(READY)
 	$(PY) -m memkernels.info
 	$(PY) -m pytest tests -q
 
+BENCH_OUT ?= benchmarks/results/local
+
 bench: $(READY)
-	$(PY) -m pytest benchmarks -q
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m memkernels.info | tee $(BENCH_OUT)/info.txt
+	$(PY) -m pytest benchmarks/test_ops.py -q -p no:cacheprovider \
+		--benchmark-json=$(BENCH_OUT)/ops.json --benchmark-columns=median,iqr,rounds
 
 info: $(READY)
 	$(PY) -m memkernels.info
