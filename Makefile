@@ -27,6 +27,7 @@ bench: $(READY)
 	$(PY) -m memkernels.info | tee $(BENCH_OUT)/info.txt
 	$(PY) -m pytest benchmarks/test_ops.py -q -p no:cacheprovider \
 		--benchmark-json=$(BENCH_OUT)/ops.json --benchmark-columns=median,iqr,rounds
+	$(PY) -m benchmarks.report $(BENCH_OUT)/ops.json | tee $(BENCH_OUT)/ops.md
 
 info: $(READY)
 	$(PY) -m memkernels.info

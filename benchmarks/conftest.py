@@ -42,9 +42,9 @@ def copy_bandwidth():
 
 @pytest.fixture
 def measure(benchmark, copy_bandwidth):
-    """measure(fn, bytes_moved, flops): benchmark fn and record the roofline figures."""
+    """measure(impl, fn, bytes_moved, flops): benchmark fn and record the roofline figures."""
 
-    def run(fn, bytes_moved, flops):
+    def run(impl, fn, bytes_moved, flops):
         for _ in range(3):
             fn()
         once = _seconds(fn, 1)
@@ -61,6 +61,7 @@ def measure(benchmark, copy_bandwidth):
         benchmark.pedantic(timed, rounds=max(5, min(50, int(0.5 / (once * reps)))), warmup_rounds=1)
         per_call = benchmark.stats.stats.median / reps
         benchmark.extra_info.update({
+            "impl": impl,
             "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
             "reps_per_round": reps,
             "median_ms_per_call": per_call * 1e3,

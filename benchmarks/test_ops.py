@@ -67,7 +67,7 @@ def test_memory_read(measure, benchmark, shape, impl, mode):
         peer = peers.memory_read_peers(DEVICE)[impl]
         forward = lambda: peer(q, k, v, scale)  # noqa: E731
     benchmark.group = f"memory_read {mode} B{B} L{L} K{K} H{H} D{D} {DTYPE}"
-    measure(_forward_or_training_step(forward, (q, k, v), mode), *cost.memory_read(B, L, K, H, D, SIZE)[mode])
+    measure(impl, _forward_or_training_step(forward, (q, k, v), mode), *cost.memory_read(B, L, K, H, D, SIZE)[mode])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -86,7 +86,7 @@ def test_slot_attention(measure, benchmark, shape, impl, mode):
         peer = peers.slot_attention_peers(DEVICE)[impl]
         forward = lambda: peer(q, k, v, k_tok, v_tok, None, scale / tau)  # noqa: E731
     benchmark.group = f"slot_attention {mode} B{B} L{L} K{K} H{H} D{D} {DTYPE}"
-    measure(_forward_or_training_step(forward, (q, k, v, k_tok, v_tok), mode),
+    measure(impl, _forward_or_training_step(forward, (q, k, v, k_tok, v_tok), mode),
             *cost.slot_attention(B, L, K, H, D, SIZE)[mode])
 
 
@@ -104,4 +104,4 @@ def test_memory_norm(measure, benchmark, shape, impl, mode):
         peer = peers.memory_norm_peers(DEVICE)[impl]
         forward = lambda: peer(m, bias, eps)  # noqa: E731
     benchmark.group = f"memory_norm {mode} B{B} K{K} W{W} {DTYPE}"
-    measure(_forward_or_training_step(forward, (m, bias), mode), *cost.memory_norm(B, K, W, SIZE)[mode])
+    measure(impl, _forward_or_training_step(forward, (m, bias), mode), *cost.memory_norm(B, K, W, SIZE)[mode])
