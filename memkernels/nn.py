@@ -8,6 +8,7 @@ to the ops.
 import torch
 from torch import Tensor, nn
 
+from memkernels import reference
 from memkernels.ops.memory_norm import memory_norm
 from memkernels.ops.memory_read import memory_read
 from memkernels.ops.slot_attention import slot_attention
@@ -102,3 +103,20 @@ class MemoryWriter(nn.Module):
 
     def initial_memory(self, batch_size: int) -> Tensor:
         return self.norm.initial_memory(batch_size)
+
+    @torch.no_grad()
+    def self_weight(self, memory: Tensor, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """(B, K, H) float32: the attention weight each slot keeps on itself when writing.
+
+        The diagnostic of the paper's Figure 6 (near 1: the slot retains, near 0:
+        it is rewritten). Computed with the reference op, off the training path.
+        """
+        heads = (self.n_heads, self.head_dim)
+        q = self.query(memory).unflatten(-1, heads)
+        k = self.key(memory).unflatten(-1, heads)
+        scale = self.head_dim ** -0.5 / self.tau
+        _, lse = reference.slot_attention_forward(
+            q, k, memory.unflatten(-1, heads), self.key(x).unflatten(-1, heads),
+            self.value(x).unflatten(-1, heads), key_padding_mask, scale)
+        own_score = (q.float() * k.float()).sum(-1) * scale
+        return torch.exp(own_score - lse.float().transpose(1, 2))

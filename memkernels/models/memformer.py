@@ -1,0 +1,146 @@
+"""Memformer (Wu et al. 2020): an encoder-decoder with an external dynamic memory.
+
+Per segment s_t, with carried state (M_t, E_{t-1}):
+* the decoder predicts the next token at every position of s_t, with causal
+  self-attention and cross-attention to E_{t-1}, the previous segment's
+  encoder output (which carries what the encoder read from memory);
+* every encoder layer runs self-attention over s_t, a memory read of M_t
+  (`memkernels.memory_read`) and a feed-forward; the last layer's output E_t
+  is written into memory by slot attention and biased memory normalization
+  (`MemoryWriter`: `slot_attention` + `memory_norm`), giving M_{t+1}.
+
+The carried state, `MemformerState(memory (B, K, d), context (B, L, d),
+context_mask (B, L))`, is constant in sequence length. Decisions the paper
+leaves open, taken here:
+* at a document start the decoder has no previous segment: it cross-attends to
+  a learned start vector (broadcast over the segment), and memory starts at
+  normalize(bias);
+* a sample whose whole segment is padding keeps its state unchanged;
+* pre-layer-norm blocks, sinusoidal positions, tied input/output embeddings.
+"""
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from memkernels.models.layers import Attention, DecoderLayer, FeedForward, TokenEmbedding, attendable, causal_mask
+from memkernels.nn import MemoryReader, MemoryWriter
+
+
+@dataclass(frozen=True)
+class MemformerConfig:
+    vocab_size: int
+    d_model: int = 512
+    n_heads: int = 8
+    d_ff: int = 2048
+    n_encoder_layers: int = 4
+    n_decoder_layers: int = 16
+    n_slots: int = 1024
+    tau: float = 0.25
+    dropout: float = 0.1
+    backend: str = "auto"
+
+
+def memformer_wt103(**overrides) -> MemformerConfig:
+    """The paper's WikiText-103 model: 4 encoder + 16 decoder layers, d 512, 1024 slots."""
+    return replace(MemformerConfig(vocab_size=267_735), **overrides)
+
+
+def memformer_mnist(**overrides) -> MemformerConfig:
+    """The paper's MNIST image model: 4 encoder + 8 decoder layers, d 128, 64 slots."""
+    base = MemformerConfig(vocab_size=256, d_model=128, n_heads=4, d_ff=512, n_decoder_layers=8, n_slots=64)
+    return replace(base, **overrides)
+
+
+def _where_rows(take_new: Tensor, new: NamedTuple, old: NamedTuple):
+    """Per sample (B,) choose between two states, field by field."""
+    pick = lambda a, b: torch.where(take_new.view(-1, *[1] * (a.dim() - 1)), a, b)  # noqa: E731
+    return type(new)(*(pick(a, b) for a, b in zip(new, old)))
+
+
+class MemformerState(NamedTuple):
+    memory: Tensor        # (B, K, d): M_t
+    context: Tensor       # (B, L, d): E_{t-1}, the previous segment's encoder output
+    context_mask: Tensor  # (B, L) bool: its real tokens
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention over the segment, memory read, feed-forward."""
+
+    def __init__(self, cfg: MemformerConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.self_norm, self.self_attn = nn.LayerNorm(d), Attention(d, cfg.n_heads, cfg.dropout)
+        self.read_norm = nn.LayerNorm(d)
+        self.reader = MemoryReader(d, cfg.n_heads, backend=cfg.backend)
+        self.ff_norm, self.ff = nn.LayerNorm(d), FeedForward(d, cfg.d_ff, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, memory, key_mask):
+        h = self.self_norm(x)
+        x = x + self.drop(self.self_attn(h, h, key_mask))
+        x = x + self.drop(self.reader(self.read_norm(x), memory))
+        return x + self.drop(self.ff(self.ff_norm(x)))
+
+
+class Memformer(nn.Module):
+    def __init__(self, cfg: MemformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embedding = TokenEmbedding(cfg.vocab_size, d, cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.encoder_norm = nn.LayerNorm(d)
+        self.writer = MemoryWriter(d, cfg.n_heads, cfg.n_slots, tau=cfg.tau, backend=cfg.backend)
+        self.decoder = nn.ModuleList(
+            DecoderLayer(d, cfg.n_heads, cfg.d_ff, cfg.dropout, cross=True) for _ in range(cfg.n_decoder_layers))
+        self.decoder_norm = nn.LayerNorm(d)
+        self.start_context = nn.Parameter(torch.randn(d) * 0.02)
+        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.head.weight = self.embedding.embed.weight
+        self.write_observers: list = []
+
+    def initial_state(self, batch_size: int, segment_len: int) -> MemformerState:
+        """The state at a document start: normalize(bias) memory and the start context."""
+        context = self.start_context.expand(batch_size, segment_len, -1)
+        mask = torch.ones(batch_size, segment_len, dtype=torch.bool, device=context.device)
+        return MemformerState(self.writer.initial_memory(batch_size), context, mask)
+
+    def reset(self, state: MemformerState, reset: Tensor) -> MemformerState:
+        """Per-sample reset at document boundaries: rows where `reset` (B,) is True start afresh."""
+        return _where_rows(reset, self.initial_state(reset.shape[0], state.context.shape[1]), state)
+
+    def step(self, tokens: Tensor, state: MemformerState, padding_mask: Tensor | None = None,
+             reset: Tensor | None = None) -> tuple[Tensor, MemformerState]:
+        """One segment: logits (B, L, vocab) for the next token at every position, and the next state.
+
+        tokens (B, L) long; padding_mask (B, L) bool, True = real token; reset (B,) bool.
+        """
+        if reset is not None:
+            state = self.reset(state, reset)
+        batch, length = tokens.shape
+        if length != state.context.shape[1]:
+            raise ValueError(f"tokens has segment length {length}, but the state was made for segments of "
+                             f"{state.context.shape[1]}: pad the last segment and pass padding_mask")
+        real = padding_mask if padding_mask is not None else \
+            torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
+        x = self.embedding(tokens)
+
+        h = x
+        self_mask = causal_mask(length, padding_mask, tokens.device)
+        cross_mask = attendable(state.context_mask)[:, None, None, :]
+        for layer in self.decoder:
+            h = layer(h, self_mask, state.context, cross_mask)
+        logits = self.head(self.decoder_norm(h))
+
+        key_mask = attendable(real)[:, None, None, :]
+        e = x
+        for layer in self.encoder:
+            e = layer(e, state.memory, key_mask)
+        e = self.encoder_norm(e)
+        memory = self.writer(state.memory, e, key_padding_mask=padding_mask)
+        for observe in self.write_observers:
+            observe(self.writer, state.memory, e, padding_mask)
+
+        return logits, _where_rows(real.any(dim=-1), MemformerState(memory, e, real), state)

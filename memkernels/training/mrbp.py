@@ -1,0 +1,133 @@
+"""Back-propagation through a rollout of segments: BPTT, checkpointed BPTT and MRBP.
+
+All three take a model with `step(tokens, state, padding_mask) -> (logits, state)`,
+a list of `Segment`s and the initial state; they accumulate the gradient of
+the rollout loss (summed token cross-entropy over the number of target
+tokens) into the parameters and return `(loss, final state detached)`.
+
+* `bptt` keeps the whole rollout's graph: fastest, memory grows with length.
+* `checkpointed_bptt` recomputes each step in the backward pass
+  (`torch.utils.checkpoint`), keeping only step inputs.
+* `mrbp` is Memory Replay Back-Propagation (paper Algorithm 1): a forward
+  pass with no graph that keeps only the states and RNG states, then, from
+  the last segment to the first, a replay of each step with its RNG state
+  restored (so dropout matches) and one backward of its loss together with
+  the incoming state gradient. Only one step's graph is alive at a time.
+  Its gradients equal BPTT's up to floating-point summation order.
+"""
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+
+class Segment(NamedTuple):
+    inputs: Tensor                # (B, L) long
+    targets: Tensor               # (B, L) long, -100 where no loss is taken
+    padding_mask: Tensor | None   # (B, L) bool, True = real token
+
+
+def split_segments(tokens: Tensor, segment_len: int) -> list[Segment]:
+    """Language-model segments of a (B, N) stream: inputs[t], targets = inputs shifted by one.
+
+    The last segment is padded to `segment_len` (padding_mask False, target -100).
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    segments = []
+    for start in range(0, inputs.shape[1], segment_len):
+        x, y = inputs[:, start:start + segment_len], targets[:, start:start + segment_len]
+        missing = segment_len - x.shape[1]
+        mask = None
+        if missing:
+            mask = F.pad(torch.ones_like(x, dtype=torch.bool), (0, missing), value=False)
+            x, y = F.pad(x, (0, missing), value=0), F.pad(y, (0, missing), value=-100)
+        segments.append(Segment(x, y, mask))
+    return segments
+
+
+def _target_count(segments) -> int:
+    return sum(int((s.targets != -100).sum()) for s in segments)
+
+
+def _segment_loss(logits: Tensor, targets: Tensor, total: int) -> Tensor:
+    logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum") / total
+
+
+def _detached(state):
+    return type(state)(*(t.detach() for t in state))
+
+
+def bptt(model, segments, state):
+    total = _target_count(segments)
+    loss = 0.0
+    for seg in segments:
+        logits, state = model.step(seg.inputs, state, seg.padding_mask)
+        loss = loss + _segment_loss(logits, seg.targets, total)
+    loss.backward()
+    return loss.item(), _detached(state)
+
+
+def checkpointed_bptt(model, segments, state):
+    total = _target_count(segments)
+
+    def run(seg, *fields):
+        logits, new_state = model.step(seg.inputs, type(state)(*fields), seg.padding_mask)
+        return (_segment_loss(logits, seg.targets, total), *new_state)
+
+    loss = 0.0
+    for seg in segments:
+        seg_loss, *fields = checkpoint(run, seg, *state, use_reentrant=False, preserve_rng_state=True)
+        state = type(state)(*fields)
+        loss = loss + seg_loss
+    loss.backward()
+    return loss.item(), _detached(state)
+
+
+def _rng_state(device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(saved, device):
+    cpu, cuda = saved
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def mrbp(model, segments, state):
+    device = segments[0].inputs.device
+    total = _target_count(segments)
+    initial = state
+    replay = [_detached(state)]
+    rng_states = []
+    with torch.no_grad():
+        for seg in segments:
+            rng_states.append(_rng_state(device))
+            _, next_state = model.step(seg.inputs, replay[-1], seg.padding_mask)
+            replay.append(next_state)
+    after_forward = _rng_state(device)
+
+    loss = 0.0
+    state_grads = None
+    for t in reversed(range(len(segments))):
+        inputs = type(state)(*(s.detach().requires_grad_(s.is_floating_point()) for s in replay[t]))
+        _set_rng_state(rng_states[t], device)
+        logits, next_state = model.step(segments[t].inputs, inputs, segments[t].padding_mask)
+        seg_loss = _segment_loss(logits, segments[t].targets, total)
+        outputs, grads = [seg_loss], [None]
+        if state_grads is not None:
+            carried = [(o, g) for o, g in zip(next_state, state_grads) if g is not None and o.requires_grad]
+            outputs += [o for o, _ in carried]
+            grads += [g for _, g in carried]
+        torch.autograd.backward(outputs, grads)
+        state_grads = [s.grad for s in inputs]
+        loss += seg_loss.item()
+    carried = [(s, g) for s, g in zip(initial, state_grads) if g is not None and s.requires_grad]
+    if carried:
+        torch.autograd.backward([s for s, _ in carried], [g for _, g in carried])
+    _set_rng_state(after_forward, device)
+    return loss, replay[-1]
