@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from memkernels.models.segments import stream_loss
 from memkernels.models.layers import Attention, DecoderLayer, FeedForward, TokenEmbedding, attendable, causal_mask
 from memkernels.nn import MemoryReader, MemoryWriter
 
@@ -100,6 +101,10 @@ class Memformer(nn.Module):
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.head.weight = self.embedding.embed.weight
         self.write_observers: list = []
+
+    def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
+        """Full-sequence training loss: mean next-token cross-entropy of (B, N) tokens, BPTT."""
+        return stream_loss(self, tokens, segment_len)
 
     def initial_state(self, batch_size: int, segment_len: int) -> MemformerState:
         """The state at a document start: normalize(bias) memory and the start context."""

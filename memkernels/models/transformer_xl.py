@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from memkernels.models.segments import stream_loss
 from memkernels.models.layers import FeedForward, attendable, sinusoid
 
 
@@ -99,6 +100,10 @@ class TransformerXL(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight
+
+    def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
+        """Full-sequence training loss: mean next-token cross-entropy of (B, N) tokens, BPTT."""
+        return stream_loss(self, tokens, segment_len)
 
     def initial_state(self, batch_size: int, segment_len: int | None = None) -> TransformerXLState:
         """An empty cache (segment_len is accepted for the common model interface)."""

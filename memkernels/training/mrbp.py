@@ -15,45 +15,10 @@ tokens) into the parameters and return `(loss, final state detached)`.
   the incoming state gradient. Only one step's graph is alive at a time.
   Its gradients equal BPTT's up to floating-point summation order.
 """
-from typing import NamedTuple
-
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-
-class Segment(NamedTuple):
-    inputs: Tensor                # (B, L) long
-    targets: Tensor               # (B, L) long, -100 where no loss is taken
-    padding_mask: Tensor | None   # (B, L) bool, True = real token
-
-
-def split_segments(tokens: Tensor, segment_len: int) -> list[Segment]:
-    """Language-model segments of a (B, N) stream: inputs[t], targets = inputs shifted by one.
-
-    The last segment is padded to `segment_len` (padding_mask False, target -100).
-    """
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    segments = []
-    for start in range(0, inputs.shape[1], segment_len):
-        x, y = inputs[:, start:start + segment_len], targets[:, start:start + segment_len]
-        missing = segment_len - x.shape[1]
-        mask = None
-        if missing:
-            mask = F.pad(torch.ones_like(x, dtype=torch.bool), (0, missing), value=False)
-            x, y = F.pad(x, (0, missing), value=0), F.pad(y, (0, missing), value=-100)
-        segments.append(Segment(x, y, mask))
-    return segments
-
-
-def _target_count(segments) -> int:
-    return sum(int((s.targets != -100).sum()) for s in segments)
-
-
-def _segment_loss(logits: Tensor, targets: Tensor, total: int) -> Tensor:
-    logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum") / total
+from memkernels.models.segments import rollout_loss, segment_loss, target_count
 
 
 def _detached(state):
@@ -61,21 +26,17 @@ def _detached(state):
 
 
 def bptt(model, segments, state):
-    total = _target_count(segments)
-    loss = 0.0
-    for seg in segments:
-        logits, state = model.step(seg.inputs, state, seg.padding_mask)
-        loss = loss + _segment_loss(logits, seg.targets, total)
+    loss, state = rollout_loss(model, segments, state)
     loss.backward()
     return loss.item(), _detached(state)
 
 
 def checkpointed_bptt(model, segments, state):
-    total = _target_count(segments)
+    total = target_count(segments)
 
     def run(seg, *fields):
         logits, new_state = model.step(seg.inputs, type(state)(*fields), seg.padding_mask)
-        return (_segment_loss(logits, seg.targets, total), *new_state)
+        return (segment_loss(logits, seg.targets, total), *new_state)
 
     loss = 0.0
     for seg in segments:
@@ -100,7 +61,7 @@ def _set_rng_state(saved, device):
 
 def mrbp(model, segments, state):
     device = segments[0].inputs.device
-    total = _target_count(segments)
+    total = target_count(segments)
     initial = state
     replay = [_detached(state)]
     rng_states = []
@@ -117,7 +78,7 @@ def mrbp(model, segments, state):
         inputs = type(state)(*(s.detach().requires_grad_(s.is_floating_point()) for s in replay[t]))
         _set_rng_state(rng_states[t], device)
         logits, next_state = model.step(segments[t].inputs, inputs, segments[t].padding_mask)
-        seg_loss = _segment_loss(logits, segments[t].targets, total)
+        seg_loss = segment_loss(logits, segments[t].targets, total)
         outputs, grads = [seg_loss], [None]
         if state_grads is not None:
             carried = [(o, g) for o, g in zip(next_state, state_grads) if g is not None and o.requires_grad]
