@@ -1,0 +1,194 @@
+"""memkernels.triton_kernels.memory_norm against the float64 formula in tests/formulas.py.
+
+CPU cases run under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 when
+there is no GPU); CUDA cases, bfloat16 included, run when a GPU is present.
+"""
+import os
+
+import pytest
+import torch
+import triton
+
+import formulas
+from memkernels.triton_kernels import memory_norm as mn
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+_NO_INTERPRETER = pytest.mark.skipif(not _INTERPRETING, reason="CPU tensors need the Triton interpreter "
+                                     "(TRITON_INTERPRET=1), which tests/conftest.py sets only without a GPU")
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+# Max-abs error relative to the reference's max-abs value (floored at 1).
+_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+
+
+def _device_dtypes():
+    params = []
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        params.append(pytest.param("cpu", dtype, marks=_NO_INTERPRETER, id=f"cpu-{str(dtype)[6:]}"))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        params.append(pytest.param("cuda", dtype, marks=_NO_CUDA, id=f"cuda-{str(dtype)[6:]}"))
+    return params
+
+
+DEVICE_DTYPES = _device_dtypes()
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every buffer the launchers allocate (dbias partials included) starts as NaN, so an
+    element a kernel forgets to write shows up as a NaN in the result."""
+    def nan_empty(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    monkeypatch.setattr(mn, "_empty", nan_empty)
+
+
+@pytest.fixture
+def looped_rows(monkeypatch):
+    """Rows wider than 32 take the two-pass chunked path (4-wide chunks), as W > 16384 would."""
+    monkeypatch.setattr(mn, "_NORM_MAX_ONCHIP_W", 32)
+
+
+@pytest.fixture
+def dbias_partials(monkeypatch):
+    """One row per tile and a tiny program target: with B = 5, K = 3 each program walks two
+    batch tiles and dbias is reduced from three float32 partials."""
+    monkeypatch.setattr(mn, "_NORM_TILE", 64)
+    monkeypatch.setattr(mn, "_NORM_TARGET_PROGRAMS", 6)
+
+
+def _rand(shape, device, dtype, gen):
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _inputs(B, K, W, device, dtype, seed=0, tiny_rows=()):
+    """m, bias, dout; the (b, k) rows in tiny_rows get m + bias of norm ~1e-4 * sqrt(W)."""
+    gen = torch.Generator().manual_seed(seed)
+    m = _rand((B, K, W), device, dtype, gen)
+    bias = _rand((K, W), device, dtype, gen)
+    for b, k in tiny_rows:
+        m[b, k] = -bias[k] + 1e-4 * _rand((W,), device, dtype, gen)
+    dout = _rand((B, K, W), device, dtype, gen)
+    return m, bias, dout
+
+
+def _reference(m, bias, dout, eps):
+    m64, bias64 = (t.detach().cpu().double().requires_grad_() for t in (m, bias))
+    out = formulas.memory_norm(m64, bias64, eps)
+    out.backward(dout.detach().cpu().double())
+    norm = (m64 + bias64).detach().norm(dim=-1)
+    return out.detach(), norm, m64.grad, bias64.grad
+
+
+def _check(name, actual, expected, dtype, tol=None):
+    tol = _TOL[dtype] if tol is None else tol
+    assert actual.shape == expected.shape, name
+    assert actual.is_contiguous(), f"{name} is not contiguous"
+    assert torch.isfinite(actual).all(), f"{name} has non-finite values (unwritten output?)"
+    err = (actual.cpu().double() - expected).abs().max().item()
+    ref = max(expected.abs().max().item(), 1.0)
+    assert err <= tol * ref, f"{name}: max error {err:.3e} vs max |ref| {ref:.3e} (tol {tol:g})"
+
+
+def _run_and_check(m, bias, dout, eps, dtype):
+    out, norm = mn.memory_norm_forward(m, bias, eps)
+    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert out.dtype == dtype and norm.dtype == acc_dtype
+    ref_out, ref_norm, ref_dm, ref_dbias = _reference(m, bias, dout, eps)
+    _check("out", out, ref_out, dtype)
+    _check("norm", norm, ref_norm, dtype, tol=1e-12 if dtype == torch.float64 else 1e-5)
+    dm, dbias = mn.memory_norm_backward(dout, out, norm, eps)
+    assert dm.dtype == dtype and dbias.dtype == dtype
+    _check("dm", dm, ref_dm, dtype)
+    _check("dbias", dbias, ref_dbias, dtype)
+    return out, norm, dm, dbias
+
+
+SHAPES = [
+    # B, K, W
+    pytest.param(3, 5, 40, id="W40"),
+    pytest.param(2, 3, 100, id="W100"),
+    pytest.param(1, 1, 1, id="W1"),
+    pytest.param(4, 2, 64, id="W64"),
+]
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("B,K,W", SHAPES)
+def test_matches_formula(B, K, W, device, dtype):
+    m, bias, dout = _inputs(B, K, W, device, dtype)
+    _run_and_check(m, bias, dout, 1e-12, dtype)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_clamped_rows(device, dtype):
+    # Rows (0, 1) and (2, 4) have ||m + bias|| ~ 6e-4 < eps: out = x / eps, dx = dy / eps.
+    eps = 1e-2
+    m, bias, dout = _inputs(3, 5, 40, device, dtype, seed=1, tiny_rows=[(0, 1), (2, 4)])
+    out, norm, dm, dbias = _run_and_check(m, bias, dout, eps, dtype)
+    assert norm[0, 1] < eps and norm[2, 4] < eps  # the unclamped norm is what gets saved
+    assert (norm.flatten().sort().values[2:] > eps).all()
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_rows_too_wide_for_chip(looped_rows, device, dtype):
+    cfg = mn._memory_norm_config(3, 5, 100)
+    assert not cfg.single_pass and cfg.block_w < 100
+    m, bias, dout = _inputs(3, 5, 100, device, dtype, seed=2, tiny_rows=[(1, 2)])
+    _run_and_check(m, bias, dout, 1e-2, dtype)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_dbias_from_partials(dbias_partials, device, dtype):
+    cfg = mn._memory_norm_config(5, 3, 40)
+    assert cfg.bwd_tiles_per_prog == 2 and cfg.bwd_n_chunks == 3
+    m, bias, dout = _inputs(5, 3, 40, device, dtype, seed=3, tiny_rows=[(4, 0)])
+    _run_and_check(m, bias, dout, 1e-2, dtype)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_strided_inputs_read_in_place(device, dtype):
+    B, K, W = 3, 4, 40
+    gen = torch.Generator().manual_seed(4)
+    m = _rand((B, W, K), device, dtype, gen).transpose(1, 2)  # W is the strided dim
+    bias = _rand((K, 2 * W), device, dtype, gen)[:, ::2]
+    dout = _rand((K, B, W), device, dtype, gen).transpose(0, 1)
+    assert not any(t.is_contiguous() for t in (m, bias, dout))
+    out, norm, dm, dbias = _run_and_check(m, bias, dout, 1e-12, dtype)
+
+    # A norm handed back with other strides must be read through them.
+    norm_strided = norm.t().contiguous().t()
+    grads = mn.memory_norm_backward(dout, out, norm_strided, 1e-12)
+    out_c, norm_c = mn.memory_norm_forward(m.contiguous(), bias.contiguous(), 1e-12)
+    grads_c = mn.memory_norm_backward(dout.contiguous(), out_c, norm_c, 1e-12)
+    # Same values, same tiles, same order: strides must not change a single bit.
+    assert torch.equal(out, out_c) and torch.equal(norm, norm_c)
+    for g, g_c in zip(grads, grads_c):
+        assert torch.equal(g, g_c)
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("path", ["one-chunk", "partials"])
+def test_deterministic(path, monkeypatch, device, dtype):
+    if path == "partials":
+        monkeypatch.setattr(mn, "_NORM_TILE", 64)
+        monkeypatch.setattr(mn, "_NORM_TARGET_PROGRAMS", 6)
+    m, bias, dout = _inputs(5, 3, 40, device, dtype, seed=5)
+    out1, norm1 = mn.memory_norm_forward(m, bias, 1e-12)
+    out2, norm2 = mn.memory_norm_forward(m, bias, 1e-12)
+    assert torch.equal(out1, out2) and torch.equal(norm1, norm2)
+    dm1, dbias1 = mn.memory_norm_backward(dout, out1, norm1, 1e-12)
+    dm2, dbias2 = mn.memory_norm_backward(dout, out1, norm1, 1e-12)
+    assert torch.equal(dm1, dm2) and torch.equal(dbias1, dbias2)
+
+
+def test_config_is_a_pure_function_of_the_shape():
+    # The bandwidth target: 16k rows of W = 512, few slots and a long batch.
+    cfg = mn._memory_norm_config(512, 32, 512)
+    assert cfg == mn._memory_norm_config(512, 32, 512)
+    assert cfg.single_pass and cfg.block_w == 512
+    assert cfg.bwd_b_tile * cfg.bwd_tiles_per_prog >= 32  # dbias partials stay a few % of traffic
+    assert triton.cdiv(32, cfg.bwd_block_ks) * cfg.bwd_n_chunks >= 256  # programs enough for every SM
+    # Many slots, short batch: one chunk, dbias written directly.
+    assert mn._memory_norm_config(16, 1024, 512).bwd_n_chunks == 1
+    assert mn._memory_norm_config(2, 3, 16384).single_pass
+    assert not mn._memory_norm_config(2, 3, 16385).single_pass
