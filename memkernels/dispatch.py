@@ -46,11 +46,23 @@ def triton_import_error() -> str | None:
 
 @functools.cache
 def cuda_extension_error() -> str | None:
-    """None when `memkernels._C` imports, else why it does not."""
+    """None when the extension loads, else why not.
+
+    Where the package was installed without `memkernels._C` but a GPU is
+    present, the extension is built just in time from csrc/ (once, cached by
+    torch; MEMKERNELS_JIT=0 turns this off).
+    """
     try:
         importlib.import_module("memkernels._C")
+        return None
     except ImportError as error:
-        return f"the memkernels._C extension is not built ({error})"
+        missing = f"the memkernels._C extension is not built ({error})"
+    if not torch.cuda.is_available() or os.environ.get("MEMKERNELS_JIT", "1") == "0":
+        return missing
+    try:
+        importlib.import_module("memkernels._cuda_build").load()
+    except Exception as error:  # a failed compiler run has many exception types
+        return f"{missing}, and building it just in time failed ({error})"
     return None
 
 
@@ -105,4 +117,6 @@ def kernels(op: str, backend: str):
         return importlib.import_module("memkernels.reference")
     if backend == "triton":
         return importlib.import_module(f"memkernels.triton_kernels.{op}")
-    raise BackendUnavailable(f"{op}: backend {backend!r} has no kernels in this build.")
+    if backend == "cuda":
+        return importlib.import_module("memkernels.cuda_kernels")
+    raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")

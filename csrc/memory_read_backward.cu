@@ -1,0 +1,167 @@
+// memory_read backward, with P recomputed from the saved lse (no B*H*L*K
+// buffer) and delta = rowsum(dout * out) precomputed by launch_row_delta:
+//   p[l,j]  = exp(scale * q_l . k_j - lse_l)
+//   ds[l,j] = p[l,j] * (dout_l . v_j - delta_l)
+//   dq_l = scale * sum_j ds[l,j] k_j        (kernel 1: one warp per query row)
+//   dk_j = scale * sum_l ds[l,j] q_l        (kernel 2: one warp per slot row,
+//   dv_j = sum_l p[l,j] dout_l               looping over l = 0..L-1 in order)
+// Every output row is owned by one warp: no atomics, bitwise deterministic.
+#include "common.cuh"
+
+namespace memkernels {
+namespace {
+
+using namespace detail;
+
+template <typename T, int NPL>
+__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+    memory_read_dq_kernel(View4 dout, View4 q, View4 k, View4 v, const float* __restrict__ lse,
+                          const float* __restrict__ delta, View4 dq, int64_t B, int64_t L,
+                          int64_t K, int64_t H, int D, float scale) {
+  constexpr int G = group_size(NPL);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= B * H * L) return;
+  // row = (b * H + h) * L + l, the index into the (B, H, L) lse / delta
+  const int64_t l = row % L;
+  const int64_t bh = row / L;
+  const int64_t h = bh % H;
+  const int64_t b = bh / H;
+
+  const T* kp = static_cast<const T*>(k.ptr);
+  const T* vp = static_cast<const T*>(v.ptr);
+  float qr[NPL], dor[NPL], acc[NPL];
+  load_row<T, NPL>(qr, static_cast<const T*>(q.ptr) + row_offset(q, b, l, h), q.s3, D, lane);
+  load_row<T, NPL>(dor, static_cast<const T*>(dout.ptr) + row_offset(dout, b, l, h), dout.s3, D,
+                   lane);
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) acc[i] = 0.0f;
+  const float lse_l = lse[row];
+  const float delta_l = delta[row];
+
+  for (int64_t j0 = 0; j0 < K; j0 += G) {
+    float kr[G][NPL];
+    float dots[2 * G];  // [0, G): q . k_j   [G, 2G): dout . v_j
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int64_t j = j0 + g;
+      float vr[NPL];
+      if (j < K) {
+        load_row<T, NPL>(kr[g], kp + row_offset(k, b, j, h), k.s3, D, lane);
+        load_row<T, NPL>(vr, vp + row_offset(v, b, j, h), v.s3, D, lane);
+      } else {
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) kr[g][i] = vr[i] = 0.0f;
+      }
+      dots[g] = partial_dot<NPL>(qr, kr[g]);
+      dots[G + g] = partial_dot<NPL>(dor, vr);
+    }
+    warp_allreduce<2 * G>(dots);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (j0 + g < K) {
+        const float p = expf(dots[g] * scale - lse_l);
+        const float ds = p * (dots[G + g] - delta_l);
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) acc[i] += ds * kr[g][i];
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) acc[i] *= scale;
+  store_row<T, NPL>(static_cast<T*>(dq.ptr) + row_offset(dq, b, l, h), dq.s3, acc, D, lane);
+}
+
+template <typename T, int NPL>
+__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+    memory_read_dkdv_kernel(View4 dout, View4 q, View4 k, View4 v, const float* __restrict__ lse,
+                            const float* __restrict__ delta, View4 dk, View4 dv, int64_t B,
+                            int64_t L, int64_t K, int64_t H, int D, float scale) {
+  constexpr int G = group_size(NPL);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+  if (row >= B * H * K) return;
+  // row = (b * H + h) * K + j
+  const int64_t j = row % K;
+  const int64_t bh = row / K;
+  const int64_t h = bh % H;
+  const int64_t b = bh / H;
+
+  const T* qp = static_cast<const T*>(q.ptr);
+  const T* dop = static_cast<const T*>(dout.ptr);
+  const float* lse_bh = lse + bh * L;
+  const float* delta_bh = delta + bh * L;
+  float kr[NPL], vr[NPL], dk_acc[NPL], dv_acc[NPL];
+  load_row<T, NPL>(kr, static_cast<const T*>(k.ptr) + row_offset(k, b, j, h), k.s3, D, lane);
+  load_row<T, NPL>(vr, static_cast<const T*>(v.ptr) + row_offset(v, b, j, h), v.s3, D, lane);
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) dk_acc[i] = dv_acc[i] = 0.0f;
+
+  for (int64_t l0 = 0; l0 < L; l0 += G) {
+    float qr[G][NPL], dor[G][NPL];
+    float dots[2 * G];  // [0, G): q_l . k   [G, 2G): dout_l . v
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int64_t l = l0 + g;
+      if (l < L) {
+        load_row<T, NPL>(qr[g], qp + row_offset(q, b, l, h), q.s3, D, lane);
+        load_row<T, NPL>(dor[g], dop + row_offset(dout, b, l, h), dout.s3, D, lane);
+      } else {
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) qr[g][i] = dor[g][i] = 0.0f;
+      }
+      dots[g] = partial_dot<NPL>(qr[g], kr);
+      dots[G + g] = partial_dot<NPL>(dor[g], vr);
+    }
+    warp_allreduce<2 * G>(dots);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int64_t l = l0 + g;
+      if (l < L) {
+        const float p = expf(dots[g] * scale - lse_bh[l]);
+        const float ds = p * (dots[G + g] - delta_bh[l]);
+#pragma unroll
+        for (int i = 0; i < NPL; ++i) {
+          dk_acc[i] += ds * qr[g][i];
+          dv_acc[i] += p * dor[g][i];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NPL; ++i) dk_acc[i] *= scale;
+  store_row<T, NPL>(static_cast<T*>(dk.ptr) + row_offset(dk, b, j, h), dk.s3, dk_acc, D, lane);
+  store_row<T, NPL>(static_cast<T*>(dv.ptr) + row_offset(dv, b, j, h), dv.s3, dv_acc, D, lane);
+}
+
+}  // namespace
+
+void launch_memory_read_backward_dq(DType dtype, View4 dout, View4 q, View4 k, View4 v,
+                                    const float* lse, const float* delta, View4 dq, int64_t B,
+                                    int64_t L, int64_t K, int64_t H, int64_t D, float scale,
+                                    cudaStream_t stream) {
+  const dim3 grid(blocks_for_rows(B * H * L));
+  const dim3 block(kWarpsPerBlock * kWarp);
+  MEMKERNELS_DISPATCH_DTYPE(dtype, [&] {
+    MEMKERNELS_DISPATCH_HEADDIM(D, [&] {
+      memory_read_dq_kernel<scalar_t, NPL><<<grid, block, 0, stream>>>(
+          dout, q, k, v, lse, delta, dq, B, L, K, H, static_cast<int>(D), scale);
+    });
+  });
+}
+
+void launch_memory_read_backward_dkdv(DType dtype, View4 dout, View4 q, View4 k, View4 v,
+                                      const float* lse, const float* delta, View4 dk, View4 dv,
+                                      int64_t B, int64_t L, int64_t K, int64_t H, int64_t D,
+                                      float scale, cudaStream_t stream) {
+  const dim3 grid(blocks_for_rows(B * H * K));
+  const dim3 block(kWarpsPerBlock * kWarp);
+  MEMKERNELS_DISPATCH_DTYPE(dtype, [&] {
+    MEMKERNELS_DISPATCH_HEADDIM(D, [&] {
+      memory_read_dkdv_kernel<scalar_t, NPL><<<grid, block, 0, stream>>>(
+          dout, q, k, v, lse, delta, dk, dv, B, L, K, H, static_cast<int>(D), scale);
+    });
+  });
+}
+
+}  // namespace memkernels

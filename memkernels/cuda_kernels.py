@@ -1,0 +1,109 @@
+"""The `"cuda"` backend: thin wrappers over the compiled extension `memkernels._C`.
+
+Importing this module loads the extension (`memkernels._C`, or its JIT build
+through `memkernels._cuda_build.load`), which registers the C++ ops
+`memkernels::<op>_cuda_forward` / `memkernels::<op>_cuda_backward` (CUDA
+kernels; CPU tensors are refused with a clear error). `memkernels.dispatch`
+imports it only once the extension is known to load. The functions here have the names and
+signatures of `memkernels.reference.<op>_forward` / `<op>_backward` and compute
+the same functions with the same saved statistics (float32 `lse` / `norm`).
+
+Fake (meta) implementations are registered for all six ops so that they trace
+under `torch.compile` / FakeTensor: every output is contiguous.
+"""
+import torch
+from torch import Tensor
+
+from memkernels._cuda_build import load
+
+load()  # registers torch.ops.memkernels.*_cuda_*
+
+_ops = torch.ops.memkernels
+
+
+# memory_read ----------------------------------------------------------------
+
+def memory_read_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """out (B, L, H, D) in q's dtype and lse (B, H, L) float32."""
+    out, lse = _ops.memory_read_cuda_forward(q, k, v, float(scale))
+    return out, lse
+
+
+def memory_read_backward(dout, q, k, v, out, lse, scale):
+    """(dq, dk, dv), contiguous, in q's dtype."""
+    dq, dk, dv = _ops.memory_read_cuda_backward(dout, q, k, v, out, lse, float(scale))
+    return dq, dk, dv
+
+
+# slot_attention -------------------------------------------------------------
+
+def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale):
+    """out (B, K, H, D) in q's dtype and lse (B, H, K) float32. `scale` includes 1/tau."""
+    out, lse = _ops.slot_attention_cuda_forward(q, k, v, k_tok, v_tok, key_padding_mask, float(scale))
+    return out, lse
+
+
+def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale):
+    """(dq, dk, dv, dk_tok, dv_tok), contiguous, in q's dtype."""
+    grads = _ops.slot_attention_cuda_backward(
+        dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, float(scale)
+    )
+    return tuple(grads)
+
+
+# memory_norm ----------------------------------------------------------------
+
+def memory_norm_forward(m: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """out (B, K, W) in m's dtype and the unclamped row norm (B, K) float32."""
+    out, norm = _ops.memory_norm_cuda_forward(m, bias, float(eps))
+    return out, norm
+
+
+def memory_norm_backward(dout, out, norm, eps):
+    """(dm (B, K, W), dbias (K, W)) in out's dtype; dbias sums over the batch in order."""
+    dm, dbias = _ops.memory_norm_cuda_backward(dout, out, norm, float(eps))
+    return dm, dbias
+
+
+# fake implementations (shapes only) -----------------------------------------
+
+def _like(t: Tensor, shape, dtype=None) -> Tensor:
+    return t.new_empty(tuple(shape), dtype=dtype if dtype is not None else t.dtype)
+
+
+@torch.library.register_fake("memkernels::memory_read_cuda_forward")
+def _(q, k, v, scale):
+    b, l, h, _d = q.shape
+    return _like(q, q.shape), _like(q, (b, h, l), torch.float32)
+
+
+@torch.library.register_fake("memkernels::memory_read_cuda_backward")
+def _(dout, q, k, v, out, lse, scale):
+    return _like(q, q.shape), _like(k, k.shape, q.dtype), _like(v, v.shape, q.dtype)
+
+
+@torch.library.register_fake("memkernels::slot_attention_cuda_forward")
+def _(q, k, v, k_tok, v_tok, key_padding_mask, scale):
+    b, n_slots, h, _d = q.shape
+    return _like(q, q.shape), _like(q, (b, h, n_slots), torch.float32)
+
+
+@torch.library.register_fake("memkernels::slot_attention_cuda_backward")
+def _(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale):
+    return (
+        _like(q, q.shape),
+        _like(q, q.shape),
+        _like(q, q.shape),
+        _like(q, k_tok.shape),
+        _like(q, k_tok.shape),
+    )
+
+
+@torch.library.register_fake("memkernels::memory_norm_cuda_forward")
+def _(m, bias, eps):
+    return _like(m, m.shape), _like(m, m.shape[:-1], torch.float32)
+
+
+@torch.library.register_fake("memkernels::memory_norm_cuda_backward")
+def _(dout, out, norm, eps):
+    return _like(out, out.shape), _like(out, out.shape[1:])
