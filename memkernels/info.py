@@ -21,6 +21,11 @@ def _triton_version() -> str:
     return triton.__version__
 
 
+def _extension_status() -> str:
+    error = dispatch.cuda_extension_error()
+    return "built (memkernels._C)" if error is None else f"not available: {error}"
+
+
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -36,6 +41,7 @@ def report() -> str:
         f"CUDA       {torch.version.cuda or 'none (CPU build of torch)'}",
         f"device     {device.type}: {name}",
         f"TRITON_INTERPRET {'on' if dispatch.triton_interpreter_enabled() else 'off'}",
+        f"CUDA extension {_extension_status()}",
         "",
         f"backends for {device.type} tensors (auto picks the first available of "
         f"{dispatch.auto_order(device.type)}):",

@@ -8,6 +8,7 @@ non-contiguous inputs; outputs have no NaN; runs are bitwise deterministic; bad
 inputs are refused. The GPU tests skip with a reason where there is no GPU.
 """
 import importlib
+import os
 
 import pytest
 import torch
@@ -63,6 +64,13 @@ def _equal_all(a, b):
 
 
 # -- any machine ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.environ.get("MEMKERNELS_CUDA", "1") == "0" or not os.path.exists(
+    os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")),
+    reason="no nvcc here (or MEMKERNELS_CUDA=0): the extension is not expected to be built")
+def test_extension_is_built_wherever_nvcc_exists():
+    assert _IMPORT_ERROR is None, _IMPORT_ERROR
 
 
 @needs_ext

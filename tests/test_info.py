@@ -14,3 +14,4 @@ def test_info_names_versions_and_reasons():
     if not torch.cuda.is_available():
         assert "cuda    unavailable - " in text
         assert "device     cpu" in text
+    assert "CUDA extension " in text
