@@ -101,3 +101,19 @@ def test_torch_compile_fullgraph_has_no_graph_break():
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     sum(o.sum() for o in compiled_out).backward()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_flop_counter_counts_the_memory_ops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import memkernels
+
+    B, L, K, H, D = 2, 5, 7, 3, 8
+    q = torch.randn(B, L, H, D, device=DEVICE, requires_grad=True)
+    k, v = torch.randn(2, B, K, H, D, device=DEVICE).unbind(0)
+    with FlopCounterMode(display=False) as counter:
+        memkernels.memory_read(q, k, v).sum().backward()
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    forward = 4 * B * H * L * K * D
+    assert counts["memkernels.memory_read"] == forward
+    assert counts["memkernels.memory_read_backward"] == 5 * forward // 2
