@@ -80,12 +80,20 @@ def causal_mask(length: int, padding_mask: Tensor | None, device) -> Tensor:
     return mask
 
 
+def scaled_embedding(vocab_size: int, d_model: int) -> nn.Embedding:
+    """N(0, 1/d) weights: times sqrt(d) they enter at unit scale, and as the tied output
+    projection they start with logits of unit scale rather than sqrt(d)."""
+    embed = nn.Embedding(vocab_size, d_model)
+    nn.init.normal_(embed.weight, std=d_model ** -0.5)
+    return embed
+
+
 class TokenEmbedding(nn.Module):
     """Scaled token embedding plus sinusoidal positions within the segment."""
 
     def __init__(self, vocab_size: int, d_model: int, dropout: float):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, d_model)
+        self.embed = scaled_embedding(vocab_size, d_model)
         self.scale = d_model ** 0.5
         self.drop = nn.Dropout(dropout)
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from memkernels.models.segments import stream_loss
-from memkernels.models.layers import FeedForward, attendable, sinusoid
+from memkernels.models.layers import FeedForward, attendable, scaled_embedding, sinusoid
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class TransformerXL(nn.Module):
     def __init__(self, cfg: TransformerXLConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = scaled_embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(TransformerXLLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
