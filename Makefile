@@ -28,6 +28,11 @@ bench: $(READY)
 	$(PY) -m pytest benchmarks/test_ops.py -q -p no:cacheprovider \
 		--benchmark-json=$(BENCH_OUT)/ops.json --benchmark-columns=median,iqr,rounds
 	$(PY) -m benchmarks.report $(BENCH_OUT)/ops.json | tee $(BENCH_OUT)/ops.md
+	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) -m benchmarks.claims --out $(BENCH_OUT); \
+	else \
+		$(PY) -m benchmarks.claims --quick --out $(BENCH_OUT); \
+	fi
 
 info: $(READY)
 	$(PY) -m memkernels.info

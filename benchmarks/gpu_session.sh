@@ -29,3 +29,5 @@ fi
 python -m pytest benchmarks/test_ops.py -q -p no:cacheprovider --benchmark-json="$OUT/ops.json" \
   --benchmark-columns=median,rounds > "$OUT/ops.log" 2>&1
 python -m benchmarks.report "$OUT/ops.json" | tee "$OUT/ops.md"
+python -m benchmarks.claims --out "$OUT" --profile > "$OUT/claims.log" 2>&1
+tail -n 25 "$OUT/claims.md"
