@@ -122,13 +122,11 @@ def memory_scaling(setting, device, dtype, backends, progress):
         txl = build_txl(setting, size, device, dtype)
         row["txl_peak_bytes"], method = peak_bytes(lambda: run_inference(txl, tokens, setting.segment_len), device)
         row["txl_state_bytes"] = state_bytes(run_inference(txl, tokens, setting.segment_len))
-        del txl
         for label, backend in backends.items():
             memformer = build_memformer(setting, size, backend, device, dtype)
             row[f"memformer_{label}_peak_bytes"], _ = peak_bytes(
                 lambda: run_inference(memformer, tokens, setting.segment_len), device)
             row["memformer_state_bytes"] = state_bytes(run_inference(memformer, tokens, setting.segment_len))
-            del memformer
         rows.append(row)
         progress.update(1)
     return rows, method
@@ -165,13 +163,11 @@ def speed(setting, device, dtype, backends, progress):
     txl = build_txl(setting, size, device, dtype)
     result = {"memory_size": size, "txl_tokens_per_s": tokens_per_second(txl, tokens, setting.segment_len, device),
               "txl_gflops_per_segment": gflops_per_segment(txl, setting, device)}
-    del txl
     progress.update(1)
     for label, backend in backends.items():
         memformer = build_memformer(setting, size, backend, device, dtype)
         result[f"memformer_{label}_tokens_per_s"] = tokens_per_second(memformer, tokens, setting.segment_len, device)
         result["memformer_gflops_per_segment"] = gflops_per_segment(memformer, setting, device)
-        del memformer
         progress.update(1)
     return result
 
@@ -200,7 +196,6 @@ def mrbp_table(setting, device, dtype, backends, progress):
                 best = min(best, time.perf_counter() - started)
             rows[f"{label}/{scheme.__name__}"] = {"peak_bytes": peak, "seconds_per_step": best, "method": method}
             progress.update(1)
-        del model
     return rows
 
 

@@ -5,43 +5,27 @@ there is no GPU); CUDA cases, bfloat16 included, run when a GPU is present. Shap
 because the interpreter executes every program in numpy.
 """
 import math
-import os
 
 import pytest
 import torch
 import triton
 
 import formulas
+from utils import TRITON_DEVICE_DTYPES, poison_allocations
 from memkernels.triton_kernels import memory_read as mr
-
-_INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-_NO_INTERPRETER = pytest.mark.skipif(not _INTERPRETING, reason="CPU tensors need the Triton interpreter "
-                                     "(TRITON_INTERPRET=1), which tests/conftest.py sets only without a GPU")
-_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
 # Max-abs error relative to the reference's max-abs value.
 _TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
-def _device_dtypes():
-    params = []
-    for dtype in (torch.float32, torch.float16, torch.float64):
-        params.append(pytest.param("cpu", dtype, marks=_NO_INTERPRETER, id=f"cpu-{str(dtype)[6:]}"))
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        params.append(pytest.param("cuda", dtype, marks=_NO_CUDA, id=f"cuda-{str(dtype)[6:]}"))
-    return params
-
-
-DEVICE_DTYPES = _device_dtypes()
+DEVICE_DTYPES = TRITON_DEVICE_DTYPES
 
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every buffer the launchers allocate starts as NaN, so an element a kernel forgets to
     write shows up as a NaN in the result."""
-    def nan_empty(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    monkeypatch.setattr(mr, "_empty", nan_empty)
+    poison_allocations(monkeypatch, mr)
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
 """Shared test helpers: devices, backends, random inputs and per-dtype tolerances."""
+import os
+
 import pytest
 import torch
 
@@ -48,3 +50,24 @@ def assert_close(actual, expected, dtype, scale=1.0):
 
 def grads(outputs, inputs, grad_out):
     return torch.autograd.grad(outputs, inputs, grad_out)
+
+
+# Triton kernel tests: CPU cases need the interpreter, CUDA cases a GPU (bfloat16 only there).
+_NO_INTERPRETER = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="CPU tensors need the Triton interpreter (TRITON_INTERPRET=1), which tests/conftest.py sets "
+           "only without a GPU")
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+TRITON_DEVICE_DTYPES = [
+    *(pytest.param("cpu", dtype, marks=_NO_INTERPRETER, id=f"cpu-{str(dtype)[6:]}")
+      for dtype in (torch.float32, torch.float16, torch.float64)),
+    *(pytest.param("cuda", dtype, marks=_NO_CUDA, id=f"cuda-{str(dtype)[6:]}")
+      for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)),
+]
+
+
+def poison_allocations(monkeypatch, module):
+    """Make a kernel module's `_empty` hand out NaN-filled buffers, so an element a kernel
+    forgets to write shows up as a NaN in the result."""
+    monkeypatch.setattr(module, "_empty", lambda shape, dtype, device: torch.full(
+        shape, float("nan"), dtype=dtype, device=device))
