@@ -66,8 +66,13 @@ def cuda_extension_error() -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result
 def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """None if `backend` can run on tensors of this device and dtype, else the reason."""
+    """None if `backend` can run on tensors of this device and dtype, else the reason.
+
+    A constant for torch.compile: evaluated while tracing, so import probes and
+    the just-in-time build never enter a graph.
+    """
     if backend == "torch":
         return None
     if backend == "triton":

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import formulas
 from memkernels.nn import BiasedMemoryNorm, MemoryReader, MemoryWriter
-from utils import DEVICE
+from utils import DEVICE, backends_for
 
 D_MODEL, HEADS, SLOTS = 24, 3, 5
 
@@ -78,19 +78,20 @@ def test_head_count_must_divide_width():
 
 
 class _TinyMemoryLayer(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, backend):
         super().__init__()
-        self.reader = MemoryReader(D_MODEL, HEADS)
-        self.writer = MemoryWriter(D_MODEL, HEADS, SLOTS)
+        self.reader = MemoryReader(D_MODEL, HEADS, backend=backend)
+        self.writer = MemoryWriter(D_MODEL, HEADS, SLOTS, backend=backend)
 
     def forward(self, x, memory, mask):
         h = x + self.reader(x, memory)
         return h, self.writer(memory, h, key_padding_mask=mask)
 
 
-def test_torch_compile_fullgraph_has_no_graph_break():
+@pytest.mark.parametrize("backend", backends_for(torch.float32))
+def test_torch_compile_fullgraph_has_no_graph_break(backend):
     torch._dynamo.reset()
-    layer = _TinyMemoryLayer().to(DEVICE)
+    layer = _TinyMemoryLayer(backend).to(DEVICE)
     memory, x = _memory_and_tokens()
     mask = torch.ones(2, 7, dtype=torch.bool, device=DEVICE)
     mask[1, 4:] = False
