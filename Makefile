@@ -9,7 +9,7 @@ READY := $(VENV)/.ready
 
 .PHONY: test bench info clean
 
-$(READY): pyproject.toml setup.py
+$(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet setuptools wheel
 	$(PY) -m pip install --quiet $(TORCH_PIN)
