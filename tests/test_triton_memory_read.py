@@ -13,6 +13,7 @@ import triton
 import formulas
 from utils import TRITON_DEVICE_DTYPES, poison_allocations
 from memkernels.triton_kernels import memory_read as mr
+from memkernels.triton_kernels._launch import split_float
 
 # Max-abs error relative to the reference's max-abs value.
 _TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}
@@ -184,6 +185,6 @@ def test_config_is_a_pure_function_of_the_shape():
 
 
 def test_float64_scale_is_not_rounded_to_float32():
-    hi, lo = mr._split_float(1 / math.sqrt(3))
+    hi, lo = split_float(1 / math.sqrt(3))
     assert hi != 1 / math.sqrt(3)
     assert abs(hi + lo - 1 / math.sqrt(3)) < 1e-15

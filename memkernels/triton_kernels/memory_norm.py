@@ -16,13 +16,13 @@ summing dx over b in float32. With a single chunk it writes dbias itself; otherw
 chunk writes a float32 partial and a second kernel adds the partials in chunk order. No
 atomics: every reduction has a fixed order, so dbias is bitwise deterministic.
 """
-import contextlib
-import struct
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from memkernels.triton_kernels._launch import numerics, on_device, split_float
 
 
 # --------------------------------------------------------------------------- kernels
@@ -244,34 +244,16 @@ def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _acc_dtypes(dtype: torch.dtype):
-    """(torch, triton) accumulation dtype: float64 for float64 inputs, float32 otherwise."""
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
-def _split_float(x: float):
-    """x as float32 hi + float32 lo: scalar kernel arguments are float32, and a float64
-    kernel rebuilds x from both to ~48 bits instead of 24."""
-    hi = struct.unpack("f", struct.pack("f", x))[0]
-    lo = struct.unpack("f", struct.pack("f", x - hi))[0]
-    return hi, lo
-
-
-def _device_of(t: torch.Tensor):
-    # Triton launches on the current CUDA device, which need not be the tensor's.
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def memory_norm_forward(m: torch.Tensor, bias: torch.Tensor, eps: float):
     """out (B, K, W) contiguous in the input dtype, norm (B, K) contiguous float32 (float64
     for float64 inputs) holding the unclamped ||m + bias||."""
     B, K, W = m.shape
     cfg = _memory_norm_config(B, K, W)
-    acc_torch, acc_tl = _acc_dtypes(m.dtype)
+    acc_torch, acc_tl, _ = numerics(m.dtype)
     out = _empty((B, K, W), m.dtype, m.device)
     norm = _empty((B, K), acc_torch, m.device)
-    eps_hi, eps_lo = _split_float(eps)
-    with _device_of(m):
+    eps_hi, eps_lo = split_float(eps)
+    with on_device(m):
         _memory_norm_fwd_kernel[(triton.cdiv(B * K, cfg.fwd_block_r),)](
             m, bias, out, norm,
             *m.stride(), *bias.stride(), *out.stride(),
@@ -287,13 +269,13 @@ def memory_norm_backward(dout: torch.Tensor, out: torch.Tensor, norm: torch.Tens
     tensor saved by memory_norm_forward."""
     B, K, W = out.shape
     cfg = _memory_norm_config(B, K, W)
-    acc_torch, acc_tl = _acc_dtypes(out.dtype)
+    acc_torch, acc_tl, _ = numerics(out.dtype)
     dm = _empty((B, K, W), out.dtype, out.device)
     dbias = _empty((K, W), out.dtype, out.device)
     partial = dbias if cfg.bwd_n_chunks == 1 else _empty((cfg.bwd_n_chunks, K, W), acc_torch, out.device)
     n_kblocks = triton.cdiv(K, cfg.bwd_block_ks)
-    eps_hi, eps_lo = _split_float(eps)
-    with _device_of(out):
+    eps_hi, eps_lo = split_float(eps)
+    with on_device(out):
         _memory_norm_bwd_kernel[(n_kblocks * cfg.bwd_n_chunks,)](
             dout, out, norm, dm, partial,
             *dout.stride(), *out.stride(), *dm.stride(), *norm.stride(),

@@ -20,13 +20,13 @@ the input dtype (P and dS are cast down before their dot, as in FlashAttention),
 at IEEE precision. float64 uses broadcast-and-sum products instead of tl.dot. Block sizes
 come from _memory_read_config, a pure function of the shape.
 """
-import contextlib
-import struct
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from memkernels.triton_kernels._launch import numerics, on_device, split_float
 
 
 # --------------------------------------------------------------------------- kernels
@@ -321,53 +321,25 @@ def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-class _DtypeParams(NamedTuple):
-    acc_torch: torch.dtype
-    acc_tl: tl.dtype
-    use_tl_dot: bool
-    dot_precision: str
-
-
-def _dtype_params(dtype: torch.dtype) -> _DtypeParams:
-    if dtype == torch.float64:
-        # float64 accumulation, and broadcast-and-sum matmuls (see _memory_read_mm).
-        return _DtypeParams(torch.float64, tl.float64, False, "ieee")
-    # float32 operands would be rounded to TF32 by default; "ieee" matches torch's float32
-    # matmul. Half-precision operands use their native MMA whatever this says.
-    return _DtypeParams(torch.float32, tl.float32, True, "ieee" if dtype == torch.float32 else "tf32")
-
-
-def _split_float(x: float):
-    """x as float32 hi + float32 lo: scalar kernel arguments are float32, and a float64
-    kernel rebuilds x from both to ~48 bits instead of 24."""
-    hi = struct.unpack("f", struct.pack("f", x))[0]
-    lo = struct.unpack("f", struct.pack("f", x - hi))[0]
-    return hi, lo
-
-
-def _device_of(t: torch.Tensor):
-    # Triton launches on the current CUDA device, which need not be the tensor's.
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def memory_read_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     """out (B, L, H, D) contiguous in the input dtype, lse (B, H, L) contiguous float32
     (float64 for float64 inputs): natural log-sum-exp of scale * q.k over the K slots."""
     B, L, H, D = q.shape
     K = k.shape[1]
     cfg = _memory_read_config(B * H, L, K, D, q.dtype)
-    dt = _dtype_params(q.dtype)
+    dt = numerics(q.dtype)
+    use_tl_dot = q.dtype != torch.float64  # see _memory_read_mm
     out = _empty((B, L, H, D), q.dtype, q.device)
     lse = _empty((B, H, L), dt.acc_torch, q.device)
     n_lblocks = triton.cdiv(L, cfg.block_l)
-    scale_hi, scale_lo = _split_float(scale)
-    with _device_of(q):
+    scale_hi, scale_lo = split_float(scale)
+    with on_device(q):
         _memory_read_fwd_kernel[(n_lblocks * B * H,)](
             q, k, v, out, lse,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             H, L, K, D, n_lblocks, scale_hi, scale_lo,
             BLOCK_L=cfg.block_l, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
-            ACC_DTYPE=dt.acc_tl, USE_TL_DOT=dt.use_tl_dot, DOT_PRECISION=dt.dot_precision,
+            ACC_DTYPE=dt.acc_tl, USE_TL_DOT=use_tl_dot, DOT_PRECISION=dt.dot_precision,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out, lse
@@ -379,15 +351,16 @@ def memory_read_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     B, L, H, D = q.shape
     K = k.shape[1]
     cfg = _memory_read_config(B * H, L, K, D, q.dtype)
-    dt = _dtype_params(q.dtype)
+    dt = numerics(q.dtype)
+    use_tl_dot = q.dtype != torch.float64  # see _memory_read_mm
     delta = _empty((B, H, L), dt.acc_torch, q.device)
     dq = _empty((B, L, H, D), q.dtype, q.device)
     dk = _empty((B, K, H, D), q.dtype, q.device)
     dv = _empty((B, K, H, D), q.dtype, q.device)
     n_lblocks = triton.cdiv(L, cfg.block_l)
     n_kblocks = triton.cdiv(K, cfg.block_k)
-    scale_hi, scale_lo = _split_float(scale)
-    with _device_of(q):
+    scale_hi, scale_lo = split_float(scale)
+    with on_device(q):
         _memory_read_bwd_delta_kernel[(n_lblocks * B * H,)](
             out, dout, delta,
             *out.stride(), *dout.stride(),
@@ -401,7 +374,7 @@ def memory_read_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
             *lse.stride(),
             H, L, K, D, n_kblocks, scale_hi, scale_lo,
             BLOCK_L=cfg.block_l, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
-            ACC_DTYPE=dt.acc_tl, USE_TL_DOT=dt.use_tl_dot, DOT_PRECISION=dt.dot_precision,
+            ACC_DTYPE=dt.acc_tl, USE_TL_DOT=use_tl_dot, DOT_PRECISION=dt.dot_precision,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         _memory_read_bwd_dq_kernel[(n_lblocks * B * H,)](
@@ -410,7 +383,7 @@ def memory_read_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
             *lse.stride(),
             H, L, K, D, n_lblocks, scale_hi, scale_lo,
             BLOCK_L=cfg.block_l, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
-            ACC_DTYPE=dt.acc_tl, USE_TL_DOT=dt.use_tl_dot, DOT_PRECISION=dt.dot_precision,
+            ACC_DTYPE=dt.acc_tl, USE_TL_DOT=use_tl_dot, DOT_PRECISION=dt.dot_precision,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return dq, dk, dv

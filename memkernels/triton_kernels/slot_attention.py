@@ -23,12 +23,13 @@ no atomics, so results are bitwise reproducible run to run.
 All tensors are read through their strides (any layout, e.g. a (B, H, K, D) tensor
 passed as ``x.transpose(1, 2)``); offsets are int64; every load is masked.
 """
-import contextlib
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from memkernels.triton_kernels._launch import numerics, on_device
 
 
 # ----------------------------------------------------------------------------------------
@@ -331,14 +332,6 @@ def _empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _numerics(dtype):
-    """(accumulator torch dtype, accumulator tl dtype, tl.dot input precision) for an input dtype."""
-    if dtype == torch.float64:
-        return torch.float64, tl.float64, "ieee"
-    # float32 products must match torch's float32 matmul, not TF32; 16-bit inputs ignore the setting.
-    return torch.float32, tl.float32, "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _mask_args(key_padding_mask, like):
     """(pointer tensor, stride over batch, stride over tokens) for the kernels' key padding mask."""
     if key_padding_mask is None:
@@ -354,11 +347,6 @@ def _mask_args(key_padding_mask, like):
     return mask, mask.stride(0), mask.stride(1)
 
 
-def _on_device(t):
-    # Triton launches on the current CUDA device; make it the tensors' device.
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale: float):
     """Fused slot attention forward. Returns ``out`` (B, K, H, D) and ``lse`` (B, H, K).
 
@@ -367,13 +355,13 @@ def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale: float
     """
     B, K, H, D = q.shape
     L = k_tok.shape[1]
-    acc_dtype, tl_acc, precision = _numerics(q.dtype)
+    acc_dtype, tl_acc, precision = numerics(q.dtype)
     out = _empty((B, K, H, D), q.dtype, q.device)
     lse = _empty((B, H, K), acc_dtype, q.device)
     mask, stride_mb, stride_ml = _mask_args(key_padding_mask, q)
     tiles = _tiles(K, L, B * H, D, q.element_size())
     grid = (triton.cdiv(K, tiles.block_rows) * B * H,)
-    with _on_device(q):
+    with on_device(q):
         _slot_attention_fwd_kernel[grid](
             q, k, v, k_tok, v_tok, mask, out, lse,
             *q.stride(), *k.stride(), *v.stride(), *k_tok.stride(), *v_tok.stride(),
@@ -393,7 +381,7 @@ def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, 
     """
     B, K, H, D = q.shape
     L = k_tok.shape[1]
-    acc_dtype, tl_acc, precision = _numerics(q.dtype)
+    acc_dtype, tl_acc, precision = numerics(q.dtype)
     dq = _empty((B, K, H, D), q.dtype, q.device)
     dk = _empty((B, K, H, D), q.dtype, q.device)
     dv = _empty((B, K, H, D), q.dtype, q.device)
@@ -405,7 +393,7 @@ def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, 
     slot_tiles = _tiles(K, L, B * H, D, q.element_size())
     # The token kernel carries two accumulators per row (dk_tok, dv_tok): halve its tiles.
     token_tiles = _tiles(L, K, B * H, D, q.element_size(), share=2)
-    with _on_device(q):
+    with on_device(q):
         # Writes delta, which the token kernel reads: the two launches are stream-ordered.
         _slot_attention_bwd_slots_kernel[(triton.cdiv(K, slot_tiles.block_rows) * B * H,)](
             q, k, v, k_tok, v_tok, mask, out, dout, lse,
