@@ -312,6 +312,27 @@ def plots(result, out):
     fig.savefig(os.path.join(out, "mrbp.png"), dpi=120)
 
 
+def _progress(total):
+    """tqdm's bar where tqdm is installed; otherwise a line per finished measurement."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        class Lines:
+            done = 0
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return None
+
+            def update(self, n):
+                self.done += n
+                print(f"claims: {self.done}/{total} measurements done", flush=True)
+        return Lines()
+    return tqdm(total=total, desc="claims", unit="measurement")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.claims", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,8 +347,6 @@ def main(argv=None):
                         help="also write a torch.profiler trace (trace.json, open in Perfetto or chrome://tracing)")
     args = parser.parse_args(argv)
 
-    from tqdm import tqdm
-
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     setting = QUICK if args.quick else FULL
@@ -338,7 +357,7 @@ def main(argv=None):
 
     steps = len(setting.memory_sizes) + 1 + len(backends) + 3 * len(backends)
     profiler = torch.profiler.profile(record_shapes=False) if args.profile else None
-    with tqdm(total=steps, desc="claims", unit="measurement") as progress:
+    with _progress(steps) as progress:
         if profiler is not None:
             profiler.__enter__()
         memory_rows, method = memory_scaling(setting, device, dtype, backends, progress)

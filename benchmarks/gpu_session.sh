@@ -15,6 +15,9 @@ export PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 } > "$OUT/env.txt" 2>&1
 
+# matplotlib and tqdm (plots, progress) are not on the GPU machine: carry their wheels in .whl/
+# (see the device README) and they install here first.
+if [ -d .whl ]; then python -m pip install -q --no-index --no-deps .whl/*.whl >> "$OUT/env.txt" 2>&1; fi
 MAX_JOBS=16 python -m pip install --no-build-isolation --no-deps -q -e . > "$OUT/build.log" 2>&1 \
   || echo "extension build failed: see build.log" | tee -a "$OUT/env.txt"
 python -m memkernels.info | tee -a "$OUT/env.txt"
