@@ -23,6 +23,7 @@ import os
 import torch
 
 BACKENDS = ("torch", "triton", "cuda")
+MAX_KERNEL_HEAD_DIM = 256  # the attention kernels' largest head dim (Triton and CUDA)
 OPS = ("memory_read", "slot_attention", "memory_norm")
 
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch")}
@@ -67,14 +68,21 @@ def cuda_extension_error() -> str | None:
 
 
 @torch.compiler.assume_constant_result
-def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> str | None:
     """None if `backend` can run on tensors of this device and dtype, else the reason.
+
+    `head_dim` is given for the attention ops: the fused kernels take at most
+    MAX_KERNEL_HEAD_DIM (the reference takes any).
 
     A constant for torch.compile: evaluated while tracing, so import probes and
     the just-in-time build never enter a graph.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return None
+    if head_dim is not None and head_dim > MAX_KERNEL_HEAD_DIM:
+        return f"its kernels take head dims up to {MAX_KERNEL_HEAD_DIM}, got {head_dim}"
     if backend == "triton":
         if (error := triton_import_error()) is not None:
             return error
@@ -95,8 +103,7 @@ def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype) -> s
             return f"it needs CUDA tensors and the inputs are on {device.type}"
         if dtype == torch.float64:
             return "its kernels take float16, bfloat16 and float32, not float64"
-        return None
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return None
 
 
 def auto_order(device_type: str) -> tuple[str, ...]:
@@ -104,13 +111,13 @@ def auto_order(device_type: str) -> tuple[str, ...]:
     return _AUTO_ORDER.get(device_type, _CPU_AUTO_ORDER)
 
 
-def select(op: str, requested: str, device: torch.device, dtype: torch.dtype) -> str:
+def select(op: str, requested: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> str:
     """The backend to run `op` with: `requested` if it can run, or the `"auto"` choice."""
     if requested == "auto":
-        return next(b for b in auto_order(device.type) if why_unavailable(b, device, dtype) is None)
+        return next(b for b in auto_order(device.type) if why_unavailable(b, device, dtype, head_dim) is None)
     if requested not in BACKENDS:
         raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
-    reason = why_unavailable(requested, device, dtype)
+    reason = why_unavailable(requested, device, dtype, head_dim)
     if reason is not None:
         raise BackendUnavailable(f"{op}: backend {requested!r} cannot run here: {reason}.")
     return requested

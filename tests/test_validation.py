@@ -105,3 +105,14 @@ def test_interpreter_refuses_bfloat16(monkeypatch):
 
 def test_auto_on_cpu_runs_the_reference():
     assert dispatch.select("memory_read", "auto", torch.device("cpu"), torch.float32) == "torch"
+
+
+def test_head_dims_beyond_the_kernels_fall_back_or_refuse():
+    assert dispatch.select("memory_read", "auto", torch.device("cuda"), torch.float16, 320) == "torch"
+    reason = dispatch.why_unavailable("triton", torch.device("cuda"), torch.float16, 320)
+    assert reason == "its kernels take head dims up to 256, got 320"
+    wide = read_args(q=_t(1, 2, 1, 320), k=_t(1, 3, 1, 320), v=_t(1, 3, 1, 320))
+    with pytest.raises(dispatch.BackendUnavailable, match="memory_read: backend 'triton' cannot run here: its "
+                                                          "kernels take head dims up to 256, got 320"):
+        memkernels.memory_read(**wide, backend="triton")
+    assert memkernels.memory_read(**wide).shape == (1, 2, 1, 320)

@@ -70,5 +70,5 @@ def memory_read(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, 
     """
     check_tensors(OP, {"q": (q, "BLHD"), "k": (k, "BKHD"), "v": (v, "BKHD")})
     scale = resolve_scale(OP, scale, q.shape[-1])
-    backend = dispatch.select(OP, backend, q.device, q.dtype)
+    backend = dispatch.select(OP, backend, q.device, q.dtype, int(q.shape[-1]))
     return _forward(q, k, v, scale, backend)[0]

@@ -91,5 +91,5 @@ def slot_attention(
     })
     check_key_padding_mask(OP, key_padding_mask, k_tok.shape[0], k_tok.shape[1], q.device)
     scale = resolve_scale(OP, scale, q.shape[-1]) / check_positive(OP, "tau", tau)
-    backend = dispatch.select(OP, backend, q.device, q.dtype)
+    backend = dispatch.select(OP, backend, q.device, q.dtype, int(q.shape[-1]))
     return _forward(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)[0]
