@@ -9,7 +9,7 @@ import torch
 import triton
 
 import formulas
-from utils import TRITON_DEVICE_DTYPES, poison_allocations
+from utils import TRITON_DEVICE_DTYPES, check_max_error, poison_allocations
 from memkernels.triton_kernels import memory_norm as mn
 
 # Max-abs error relative to the reference's max-abs value (floored at 1).
@@ -64,13 +64,7 @@ def _reference(m, bias, dout, eps):
 
 
 def _check(name, actual, expected, dtype, tol=None):
-    tol = _TOL[dtype] if tol is None else tol
-    assert actual.shape == expected.shape, name
-    assert actual.is_contiguous(), f"{name} is not contiguous"
-    assert torch.isfinite(actual).all(), f"{name} has non-finite values (unwritten output?)"
-    err = (actual.cpu().double() - expected).abs().max().item()
-    ref = max(expected.abs().max().item(), 1.0)
-    assert err <= tol * ref, f"{name}: max error {err:.3e} vs max |ref| {ref:.3e} (tol {tol:g})"
+    check_max_error(name, actual, expected, _TOL[dtype] if tol is None else tol)
 
 
 def _run_and_check(m, bias, dout, eps, dtype):

@@ -11,7 +11,7 @@ import torch
 import triton
 
 import formulas
-from utils import TRITON_DEVICE_DTYPES, poison_allocations
+from utils import TRITON_DEVICE_DTYPES, check_max_error, poison_allocations
 from memkernels.triton_kernels import memory_read as mr
 from memkernels.triton_kernels._launch import split_float
 
@@ -62,14 +62,7 @@ def _reference(q, k, v, dout, scale):
 
 
 def _check(name, actual, expected, dtype, tol=None):
-    tol = _TOL[dtype] if tol is None else tol
-    assert actual.shape == expected.shape, name
-    assert actual.is_contiguous(), f"{name} is not contiguous"
-    assert torch.isfinite(actual).all(), f"{name} has non-finite values (unwritten output?)"
-    err = (actual.cpu().double() - expected).abs().max().item()
-    # Floor of 1: a gradient that is exactly zero (dq when K = 1) is checked absolutely.
-    ref = max(expected.abs().max().item(), 1.0)
-    assert err <= tol * ref, f"{name}: max error {err:.3e} vs max |ref| {ref:.3e} (tol {tol:g})"
+    check_max_error(name, actual, expected, _TOL[dtype] if tol is None else tol)
 
 
 def _run_and_check(q, k, v, dout, scale, dtype, tol=None):

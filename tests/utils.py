@@ -71,3 +71,15 @@ def poison_allocations(monkeypatch, module):
     forgets to write shows up as a NaN in the result."""
     monkeypatch.setattr(module, "_empty", lambda shape, dtype, device: torch.full(
         shape, float("nan"), dtype=dtype, device=device))
+
+
+def check_max_error(name, actual, expected, tol):
+    """Contiguous, finite (an unwritten poisoned element is NaN), and max |error| within
+    tol of the reference's max |value|, floored at 1 so an all-zero gradient (dq when
+    K = 1) is checked absolutely."""
+    assert actual.shape == expected.shape, name
+    assert actual.is_contiguous(), f"{name} is not contiguous"
+    assert torch.isfinite(actual).all(), f"{name} has non-finite values (unwritten output?)"
+    err = (actual.cpu().double() - expected).abs().max().item()
+    ref = max(expected.abs().max().item(), 1.0)
+    assert err <= tol * ref, f"{name}: max error {err:.3e} vs max |ref| {ref:.3e} (tol {tol:g})"
