@@ -94,9 +94,18 @@ def build_txl(setting, mem_len, device, dtype):
     return TransformerXL(cfg).to(device, dtype).eval()
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def best_seconds(fn, device, repeats=3) -> float:
+    """Fastest of `repeats` synchronised wall-clock runs of fn()."""
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 @torch.no_grad()
@@ -134,14 +143,7 @@ def memory_scaling(setting, device, dtype, backends, progress):
 
 def tokens_per_second(model, tokens, segment_len, device, repeats=3):
     run_inference(model, tokens, segment_len)  # warm-up: kernels compiled, allocator primed
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        run_inference(model, tokens, segment_len)
-        synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return tokens.numel() / best
+    return tokens.numel() / best_seconds(lambda: run_inference(model, tokens, segment_len), device, repeats)
 
 
 @torch.no_grad()
@@ -187,14 +189,8 @@ def mrbp_table(setting, device, dtype, backends, progress):
 
             train_step()  # warm-up
             peak, method = peak_bytes(train_step, device)
-            best = float("inf")
-            for _ in range(3):
-                synchronize(device)
-                started = time.perf_counter()
-                train_step()
-                synchronize(device)
-                best = min(best, time.perf_counter() - started)
-            rows[f"{label}/{scheme.__name__}"] = {"peak_bytes": peak, "seconds_per_step": best, "method": method}
+            rows[f"{label}/{scheme.__name__}"] = {
+                "peak_bytes": peak, "seconds_per_step": best_seconds(train_step, device), "method": method}
             progress.update(1)
     return rows
 
