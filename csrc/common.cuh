@@ -31,6 +31,15 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// A warp's row in the (B, H, N) order of lse and delta: row = (b * H + h) * N + n.
+struct HeadRow {
+  int64_t b, h, n;
+};
+__device__ __forceinline__ HeadRow split_head_row(int64_t row, int64_t H, int64_t N) {
+  const int64_t bh = row / N;
+  return {bh / H, bh % H, row % N};
+}
+
 // Element offset of [i0, i1, i2, 0] in a View4.
 __device__ __forceinline__ int64_t row_offset(const View4& t, int64_t i0, int64_t i1, int64_t i2) {
   return i0 * t.s0 + i1 * t.s1 + i2 * t.s2;

@@ -23,10 +23,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= B * H * L) return;
   // row = (b * H + h) * L + l, the index into the (B, H, L) lse / delta
-  const int64_t l = row % L;
-  const int64_t bh = row / L;
-  const int64_t h = bh % H;
-  const int64_t b = bh / H;
+  const auto [b, h, l] = split_head_row(row, H, L);
 
   const T* kp = static_cast<const T*>(k.ptr);
   const T* vp = static_cast<const T*>(v.ptr);
@@ -82,15 +79,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= B * H * K) return;
   // row = (b * H + h) * K + j
-  const int64_t j = row % K;
-  const int64_t bh = row / K;
-  const int64_t h = bh % H;
-  const int64_t b = bh / H;
+  const auto [b, h, j] = split_head_row(row, H, K);
 
   const T* qp = static_cast<const T*>(q.ptr);
   const T* dop = static_cast<const T*>(dout.ptr);
-  const float* lse_bh = lse + bh * L;
-  const float* delta_bh = delta + bh * L;
+  const float* lse_bh = lse + (b * H + h) * L;
+  const float* delta_bh = delta + (b * H + h) * L;
   float kr[NPL], vr[NPL], dk_acc[NPL], dv_acc[NPL];
   load_row<T, NPL>(kr, static_cast<const T*>(k.ptr) + row_offset(k, b, j, h), k.s3, D, lane);
   load_row<T, NPL>(vr, static_cast<const T*>(v.ptr) + row_offset(v, b, j, h), v.s3, D, lane);

@@ -21,10 +21,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= B * H * L) return;  // whole warp leaves together
   // row = (b * H + h) * L + l
-  const int64_t l = row % L;
-  const int64_t bh = row / L;
-  const int64_t h = bh % H;
-  const int64_t b = bh / H;
+  const auto [b, h, l] = split_head_row(row, H, L);
 
   const T* qp = static_cast<const T*>(q.ptr);
   const T* kp = static_cast<const T*>(k.ptr);

@@ -16,10 +16,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   const int lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= B * H * R) return;
-  const int64_t r = row % R;
-  const int64_t bh = row / R;
-  const int64_t h = bh % H;
-  const int64_t b = bh / H;
+  const auto [b, h, r] = split_head_row(row, H, R);
   float a[NPL], o[NPL];
   load_row<T, NPL>(a, static_cast<const T*>(dout.ptr) + row_offset(dout, b, r, h), dout.s3, D,
                    lane);

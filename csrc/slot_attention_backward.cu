@@ -28,10 +28,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= B * H * K) return;
   // row = (b * H + h) * K + i, the index into the (B, H, K) lse / delta
-  const int64_t i_slot = row % K;
-  const int64_t bh = row / K;
-  const int64_t h = bh % H;
-  const int64_t b = bh / H;
+  const auto [b, h, i_slot] = split_head_row(row, H, K);
 
   const T* ktp = static_cast<const T*>(k_tok.ptr);
   const T* vtp = static_cast<const T*>(v_tok.ptr);
@@ -113,10 +110,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= B * H * L) return;
   // row = (b * H + h) * L + j
-  const int64_t j = row % L;
-  const int64_t bh = row / L;
-  const int64_t h = bh % H;
-  const int64_t b = bh / H;
+  const auto [b, h, j] = split_head_row(row, H, L);
 
   float dk_acc[NPL], dv_acc[NPL];
 #pragma unroll
@@ -126,8 +120,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   if (valid) {  // warp-uniform; a masked token has p = 0 for every slot: zero gradients
     const T* qp = static_cast<const T*>(q.ptr);
     const T* dop = static_cast<const T*>(dout.ptr);
-    const float* lse_bh = lse + bh * K;
-    const float* delta_bh = delta + bh * K;
+    const float* lse_bh = lse + (b * H + h) * K;
+    const float* delta_bh = delta + (b * H + h) * K;
     float kt[NPL], vt[NPL];
     load_row<T, NPL>(kt, static_cast<const T*>(k_tok.ptr) + row_offset(k_tok, b, j, h), k_tok.s3,
                      D, lane);

@@ -24,10 +24,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (row >= B * H * K) return;
   // row = (b * H + h) * K + i, the index into the (B, H, K) lse
-  const int64_t i_slot = row % K;
-  const int64_t bh = row / K;
-  const int64_t h = bh % H;
-  const int64_t b = bh / H;
+  const auto [b, h, i_slot] = split_head_row(row, H, K);
 
   const T* ktp = static_cast<const T*>(k_tok.ptr);
   const T* vtp = static_cast<const T*>(v_tok.ptr);
