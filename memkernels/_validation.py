@@ -1,9 +1,12 @@
 """Input checks shared by the public ops.
 
-Every public op validates here, before any backend runs, so no bad input can
-reach a kernel. Each error names the op, the argument, and the expected and
-actual value: TypeError for a wrong type or dtype, ValueError for a wrong
-shape, device or scalar.
+Every public op and every registered op (`torch.ops.memkernels.*`) validates here,
+before any backend runs, so no bad input can reach a kernel. Each error names the op,
+the argument, and the expected and actual value: TypeError for a wrong type or dtype,
+ValueError for a wrong shape, device or scalar.
+
+The ops test the common case with one cheap expression of their own and call these
+checkers, which build the messages, only when that expression is False.
 """
 import math
 from numbers import Real
@@ -74,6 +77,28 @@ def check_positive(op: str, name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{op}: {name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_like(op: str, name: str, tensor, ref_name: str, ref: Tensor) -> None:
+    """A gradient or saved output: a tensor of `ref`'s shape, dtype and device."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tuple(tensor.shape) != tuple(ref.shape):
+        raise ValueError(f"{op}: {name} must have the shape of {ref_name} {tuple(ref.shape)}, "
+                         f"got {tuple(tensor.shape)}")
+    _check_same_dtype_and_device(op, name, tensor, ref_name, ref)
+
+
+def check_statistic(op: str, name: str, tensor, shape: tuple, dtype: torch.dtype, device) -> None:
+    """A saved float statistic (lse, norm) of the given shape and accumulation dtype."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    if tensor.dtype != dtype:
+        raise TypeError(f"{op}: {name} must have dtype {dtype}, got {tensor.dtype}")
+    if tensor.device != device:
+        raise ValueError(f"{op}: {name} is on {tensor.device} but the inputs are on {device}")
 
 
 def _check_same_dtype_and_device(op, name, tensor, first_name, first):

@@ -1,19 +1,22 @@
 """Which backend runs an op: the one place that decides, and says why not.
 
-Backends:
+Backends (what each can do per op is `memkernels.capabilities.TABLE`):
   * ``"torch"``  – the reference composite (`memkernels.reference`); runs anywhere.
   * ``"triton"`` – fused Triton kernels; CUDA tensors, or CPU tensors when
-    ``TRITON_INTERPRET=1`` (the Triton interpreter, used by the CPU test suite;
-    it has no bfloat16 arithmetic).
+    ``TRITON_INTERPRET=1`` (the Triton interpreter, used by the CPU test suite).
   * ``"cuda"``   – the compiled C++/CUDA extension `memkernels._C`; CUDA tensors.
 
-``"auto"`` picks, in order, the first backend that can run: on CUDA tensors
-triton, then cuda, then torch; on any other device torch. The interpreter is a
-testing device, never the fast path, so ``"auto"`` keeps CPU tensors on torch
-even when ``TRITON_INTERPRET=1``.
+``"auto"`` picks, in `capabilities.auto_order`, the first backend whose table entry lists
+the dtype among its ``auto_dtypes`` and that can run here. The interpreter is a testing
+device, never the fast path, so ``"auto"`` keeps CPU tensors on torch.
 
-Every refusal is a `BackendUnavailable` (a RuntimeError) whose message names the
-op, the backend and the missing piece in one sentence.
+Every refusal is a `BackendUnavailable` (a RuntimeError) whose message names the op, the
+backend and the missing piece in one sentence.
+
+Decisions are cached per (op, requested backend, device type, dtype, head dim): the
+environment (TRITON_INTERPRET, MEMKERNELS_JIT) and the installed packages are read once,
+as Triton itself reads TRITON_INTERPRET once when a kernel is defined. `clear_cache()`
+forgets them (tests that change the environment call it).
 """
 import functools
 import importlib
@@ -22,12 +25,8 @@ import os
 
 import torch
 
-BACKENDS = ("torch", "triton", "cuda")
-MAX_KERNEL_HEAD_DIM = 256  # the attention kernels' largest head dim (Triton and CUDA)
-OPS = ("memory_read", "slot_attention", "memory_norm")
-
-_AUTO_ORDER = {"cuda": ("triton", "cuda", "torch")}
-_CPU_AUTO_ORDER = ("torch",)
+from memkernels import capabilities
+from memkernels.capabilities import BACKENDS, MAX_KERNEL_HEAD_DIM, OPS  # noqa: F401  (re-exported)
 
 
 class BackendUnavailable(RuntimeError):
@@ -67,64 +66,79 @@ def cuda_extension_error() -> str | None:
     return None
 
 
-@torch.compiler.assume_constant_result
-def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> str | None:
-    """None if `backend` can run on tensors of this device and dtype, else the reason.
-
-    `head_dim` is given for the attention ops: the fused kernels take at most
-    MAX_KERNEL_HEAD_DIM (the reference takes any).
-
-    A constant for torch.compile: evaluated while tracing, so import probes and
-    the just-in-time build never enter a graph.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return None
-    if head_dim is not None and head_dim > MAX_KERNEL_HEAD_DIM:
-        return f"its kernels take head dims up to {MAX_KERNEL_HEAD_DIM}, got {head_dim}"
+def _machine_error(backend: str, device_type: str) -> str | None:
+    """What the machine lacks for this backend on this device type, if anything."""
     if backend == "triton":
         if (error := triton_import_error()) is not None:
             return error
-        if device.type == "cuda":
-            return None
-        if not triton_interpreter_enabled():
-            return (
-                f"it needs a CUDA GPU and the inputs are on {device.type} "
-                "(set TRITON_INTERPRET=1 to run the Triton interpreter on the CPU)"
-            )
-        if dtype == torch.bfloat16:
-            return "the Triton CPU interpreter has no bfloat16 arithmetic"
-        return None
+        if device_type == "cpu" and not triton_interpreter_enabled():
+            return ("it needs a CUDA GPU and the inputs are on cpu "
+                    "(set TRITON_INTERPRET=1 to run the Triton interpreter on the CPU)")
     if backend == "cuda":
-        if (error := cuda_extension_error()) is not None:
-            return error
-        if device.type != "cuda":
-            return f"it needs CUDA tensors and the inputs are on {device.type}"
-        if dtype == torch.float64:
-            return "its kernels take float16, bfloat16 and float32, not float64"
+        return cuda_extension_error()
     return None
 
 
-def auto_order(device_type: str) -> tuple[str, ...]:
-    """The backends `"auto"` tries, in order, for tensors on this device type."""
-    return _AUTO_ORDER.get(device_type, _CPU_AUTO_ORDER)
+@functools.lru_cache(maxsize=None)
+def _why_unavailable(op: str, backend: str, device_type: str, dtype: torch.dtype, head_dim: int | None) -> str | None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in capabilities.TABLE[op]:
+        return f"it does not implement {op}"
+    entry = capabilities.support(op, backend, device_type)
+    if entry is not None and None not in (head_dim, entry.max_head_dim) and head_dim > entry.max_head_dim:
+        return f"its kernels take head dims up to {entry.max_head_dim}, got {head_dim}"
+    if (error := _machine_error(backend, device_type)) is not None:
+        return error
+    if entry is None:
+        return f"it needs CUDA tensors and the inputs are on {device_type}"
+    if dtype not in entry.dtypes:
+        return entry.refused_dtype_reason.format(dtype=capabilities.dtype_name(dtype))
+    return None
 
 
-def select(op: str, requested: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> str:
-    """The backend to run `op` with: `requested` if it can run, or the `"auto"` choice."""
+@torch.compiler.assume_constant_result
+def why_unavailable(backend: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None,
+                    op: str = "memory_read") -> str | None:
+    """None if `backend` can run `op` on tensors of this device and dtype, else the reason.
+
+    `head_dim` is given for the attention ops. A constant for torch.compile: evaluated
+    while tracing, so import probes and the just-in-time build never enter a graph.
+    """
+    return _why_unavailable(op, backend, device.type, dtype, head_dim)
+
+
+@functools.lru_cache(maxsize=None)
+def _select(op: str, requested: str, device_type: str, dtype: torch.dtype, head_dim: int | None) -> str:
     if requested == "auto":
-        return next(b for b in auto_order(device.type) if why_unavailable(b, device, dtype, head_dim) is None)
+        for backend in capabilities.auto_order(device_type):
+            entry = capabilities.support(op, backend, device_type)
+            if entry is not None and dtype in entry.auto_dtypes and \
+                    _why_unavailable(op, backend, device_type, dtype, head_dim) is None:
+                return backend
+        return "torch"
     if requested not in BACKENDS:
         raise ValueError(f"{op}: backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
-    reason = why_unavailable(requested, device, dtype, head_dim)
+    reason = _why_unavailable(op, requested, device_type, dtype, head_dim)
     if reason is not None:
         raise BackendUnavailable(f"{op}: backend {requested!r} cannot run here: {reason}.")
     return requested
 
 
+@torch.compiler.assume_constant_result
+def select(op: str, requested: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> str:
+    """The backend to run `op` with: `requested` if it can run, or the `"auto"` choice."""
+    return _select(op, requested, device.type, dtype, head_dim)
+
+
+def auto_order(device_type: str) -> tuple[str, ...]:
+    """The backends `"auto"` tries, in order, for tensors on this device type."""
+    return capabilities.auto_order(device_type)
+
+
+@functools.lru_cache(maxsize=None)
 def kernels(op: str, backend: str):
-    """The module holding `<op>_forward` and `<op>_backward` for a backend."""
+    """The module holding `<op>_forward` and `<op>_backward` for a backend, imported once."""
     if backend == "torch":
         return importlib.import_module("memkernels.reference")
     if backend == "triton":
@@ -132,3 +146,9 @@ def kernels(op: str, backend: str):
     if backend == "cuda":
         return importlib.import_module("memkernels.cuda_kernels")
     raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def clear_cache() -> None:
+    """Forget every availability decision (after the environment changed)."""
+    _why_unavailable.cache_clear()
+    _select.cache_clear()

@@ -1,16 +1,19 @@
 """`python -m memkernels.info`: versions, the device, and which backends run here.
 
-Prints, for every op and backend, "available" or the one-sentence reason it
-is not, for each dtype the package supports on this machine's device.
+For every op: what `backend="auto"` picks per dtype on this machine's device, and, for every
+backend, the dtypes it can run here or the one-sentence reason it cannot (all from
+`memkernels.capabilities.TABLE` and `memkernels.dispatch`).
+
+`python -m memkernels.info --markdown` prints the README's backend table instead.
 """
 import platform
+import sys
 
 import torch
 
 import memkernels
-from memkernels import dispatch
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from memkernels import capabilities, dispatch
+from memkernels.capabilities import ALL_DTYPES, dtype_name
 
 
 def _triton_version() -> str:
@@ -30,6 +33,30 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _auto_line(op: str, device: torch.device) -> str:
+    """What "auto" runs per dtype, and why it passes over a backend that could run it."""
+    picks, notes = [], set()
+    for dtype in ALL_DTYPES:
+        chosen = dispatch.select(op, "auto", device, dtype)
+        picks.append(f"{dtype_name(dtype)} -> {chosen}")
+        for backend in capabilities.auto_order(device.type):
+            if backend == chosen:
+                break
+            entry = capabilities.support(op, backend, device.type)
+            if entry is not None and entry.not_auto_reason and dispatch.why_unavailable(
+                    backend, device, dtype, op=op) is None:
+                notes.add(f"{backend} runs {dtype_name(dtype)} only when asked: {entry.not_auto_reason}")
+    return "auto: " + ", ".join(picks) + "".join(f"\n      ({note})" for note in sorted(notes))
+
+
+def _backend_line(op: str, backend: str, device: torch.device) -> str:
+    reasons = {dtype: dispatch.why_unavailable(backend, device, dtype, op=op) for dtype in ALL_DTYPES}
+    usable = [dtype_name(d) for d, why in reasons.items() if why is None]
+    refusals = sorted({why for why in reasons.values() if why is not None})
+    status = f"available ({', '.join(usable)})" if usable else "unavailable"
+    return f"    {backend:<7} {status}" + (f" - {'; '.join(refusals)}" if refusals else "")
+
+
 def report() -> str:
     device = _device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -43,20 +70,13 @@ def report() -> str:
         f"TRITON_INTERPRET {'on' if dispatch.triton_interpreter_enabled() else 'off'}",
         f"CUDA extension {_extension_status()}",
         "",
-        f"backends for {device.type} tensors (auto picks the first available of "
-        f"{dispatch.auto_order(device.type)}):",
+        f"backends for {device.type} tensors (auto tries {', '.join(capabilities.auto_order(device.type))}):",
     ]
-    for op in dispatch.OPS:
-        lines.append(f"  {op}")
-        for backend in dispatch.BACKENDS:
-            reasons = {dtype: dispatch.why_unavailable(backend, device, dtype) for dtype in _DTYPES}
-            usable = [str(d).removeprefix("torch.") for d, why in reasons.items() if why is None]
-            refusals = sorted({why for why in reasons.values() if why is not None})
-            status = f"available ({', '.join(usable)})" if usable else "unavailable"
-            detail = "; ".join(refusals)
-            lines.append(f"    {backend:<7} {status}" + (f" - {detail}" if detail else ""))
+    for op in capabilities.OPS:
+        lines += [f"  {op}", f"    {_auto_line(op, device)}"]
+        lines += [_backend_line(op, backend, device) for backend in capabilities.BACKENDS]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(report())
+    print(capabilities.markdown_table() if "--markdown" in sys.argv[1:] else report())

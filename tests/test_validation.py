@@ -87,9 +87,19 @@ def test_unknown_backend_is_rejected():
         memkernels.memory_read(**read_args(), backend="fast")
 
 
+@pytest.fixture
+def environment(monkeypatch):
+    """monkeypatch for the environment dispatch reads: its cached decisions are dropped before
+    and after the test, so neither sees the other's environment."""
+    dispatch.clear_cache()
+    yield monkeypatch
+    monkeypatch.undo()
+    dispatch.clear_cache()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals of a machine with no GPU")
-def test_unavailable_backend_says_why(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+def test_unavailable_backend_says_why(environment):
+    environment.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(dispatch.BackendUnavailable,
                        match=r"memory_norm: backend 'triton' cannot run here: it needs a CUDA GPU"):
         memkernels.memory_norm(_t(2, 3, 16), _t(3, 16), backend="triton")
@@ -97,8 +107,8 @@ def test_unavailable_backend_says_why(monkeypatch):
         memkernels.slot_attention(*slot_args().values(), backend="cuda")
 
 
-def test_interpreter_refuses_bfloat16(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_interpreter_refuses_bfloat16(environment):
+    environment.setenv("TRITON_INTERPRET", "1")
     reason = dispatch.why_unavailable("triton", torch.device("cpu"), torch.bfloat16)
     assert reason == "the Triton CPU interpreter has no bfloat16 arithmetic"
 

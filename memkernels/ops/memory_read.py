@@ -1,42 +1,93 @@
 """memory_read: every token query attends over all memory slots (paper §4.2.3).
 
-`out[b,l,h] = softmax_j(scale * q[b,l,h]·k[b,j,h]) @ v[b,:,h]`, no mask: the
-memory is all past. Registered as two custom ops, `memkernels::memory_read`
-(returns the output and the float32 log-sum-exp the backward needs) and
-`memkernels::memory_read_backward`, so autograd, fake tensors and
-torch.compile see one opaque op whatever backend runs inside it.
+`out[b,l,h] = softmax_j(scale * q[b,l,h]·k[b,j,h]) @ v[b,:,h]`, no mask: the memory is all
+past. Read top to bottom:
+
+1. input checks, shared by the public function and the registered ops;
+2. the registered ops `memkernels::memory_read` (returns the output and the float32
+   log-sum-exp the backward needs) and `memkernels::memory_read_backward`, with fake
+   implementations and autograd, so torch.compile, opcheck, FakeTensor and
+   FlopCounterMode see one opaque op whatever backend runs inside it;
+3. the eager `autograd.Function`, which calls the backend's launchers directly;
+4. the public function, which takes the eager path unless something must see the op
+   (`memkernels.ops._eager.fast_path_allowed`).
 """
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from memkernels import dispatch
-from memkernels._validation import check_tensors, resolve_scale
+from memkernels._validation import FLOATING_DTYPES, check_like, check_statistic, check_tensors, resolve_scale
+from memkernels.ops._eager import fast_path_allowed, needs_grad
 from memkernels.reference import accumulation_dtype
 
 OP = "memory_read"
 
 
-@torch.library.custom_op("memkernels::memory_read", mutates_args=())
-def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_inputs(q, k, v) -> None:
+    ok = (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
+          and q.dim() == 4 and k.dim() == 4 and k.shape == v.shape
+          and q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:] and q.numel() > 0 and k.numel() > 0
+          and q.dtype in FLOATING_DTYPES and q.dtype == k.dtype == v.dtype and q.device == k.device == v.device)
+    if not ok:
+        check_tensors(OP, {"q": (q, "BLHD"), "k": (k, "BKHD"), "v": (v, "BKHD")})
+
+
+def _backend(requested: str, q: Tensor) -> str:
+    return dispatch.select(OP, requested, q.device, q.dtype, int(q.shape[-1]))
+
+
+def _check_op_inputs(q, k, v, scale, backend) -> str:
+    _check_inputs(q, k, v)
+    resolve_scale(OP, scale, q.shape[-1])
+    return _backend(backend, q)
+
+
+def _check_backward_inputs(dout, q, k, v, out, lse, scale, backend) -> str:
+    backend = _check_op_inputs(q, k, v, scale, backend)
+    check_like(OP, "dout", dout, "q", q)
+    check_like(OP, "out", out, "q", q)
+    batch, tokens, heads, _ = q.shape
+    check_statistic(OP, "lse", lse, (batch, heads, tokens), accumulation_dtype(q.dtype), q.device)
+    return backend
+
+
+# --------------------------------------------------------------------------- registered ops
+
+torch.library.define(
+    "memkernels::memory_read", "(Tensor q, Tensor k, Tensor v, float scale, str backend) -> (Tensor, Tensor)")
+torch.library.define(
+    "memkernels::memory_read_backward",
+    "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, str backend) "
+    "-> (Tensor, Tensor, Tensor)")
+
+
+@torch.library.impl("memkernels::memory_read", "CompositeExplicitAutograd")
+def _forward_op(q, k, v, scale, backend):
+    backend = _check_op_inputs(q, k, v, scale, backend)
     return dispatch.kernels(OP, backend).memory_read_forward(q, k, v, scale)
 
 
-@_forward.register_fake
+@torch.library.register_fake("memkernels::memory_read")
 def _(q, k, v, scale, backend):
+    _check_op_inputs(q, k, v, scale, backend)
     batch, tokens, heads, _ = q.shape
     lse = q.new_empty(batch, heads, tokens, dtype=accumulation_dtype(q.dtype))
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
 
-@torch.library.custom_op("memkernels::memory_read_backward", mutates_args=())
-def _backward(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float, backend: str
-) -> tuple[Tensor, Tensor, Tensor]:
+@torch.library.impl("memkernels::memory_read_backward", "CompositeExplicitAutograd")
+def _backward_op(dout, q, k, v, out, lse, scale, backend):
+    backend = _check_backward_inputs(dout, q, k, v, out, lse, scale, backend)
     return dispatch.kernels(OP, backend).memory_read_backward(dout, q, k, v, out, lse, scale)
 
 
-@_backward.register_fake
+@torch.library.register_fake("memkernels::memory_read_backward")
 def _(dout, q, k, v, out, lse, scale, backend):
+    _check_backward_inputs(dout, q, k, v, out, lse, scale, backend)
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
@@ -48,12 +99,32 @@ def _setup_context(ctx, inputs, output):
     ctx.scale, ctx.backend = scale, backend
 
 
-def _autograd_backward(ctx, dout, _dlse):
-    grads = _backward(dout, *ctx.saved_tensors, ctx.scale, ctx.backend)
+def _op_backward(ctx, dout, _dlse):
+    grads = torch.ops.memkernels.memory_read_backward(dout, *ctx.saved_tensors, ctx.scale, ctx.backend)
     return *grads, None, None
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+torch.library.register_autograd("memkernels::memory_read", _op_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- eager autograd
+
+
+class _MemoryRead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, kernels):
+        out, lse = kernels.memory_read_forward(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.kernels = scale, kernels
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        return *ctx.kernels.memory_read_backward(dout, *ctx.saved_tensors, ctx.scale), None, None
+
+
+# --------------------------------------------------------------------------- public function
 
 
 def memory_read(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, backend: str = "auto") -> Tensor:
@@ -66,9 +137,14 @@ def memory_read(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, 
         backend: "auto", "torch", "triton" or "cuda" (see `memkernels.dispatch`).
 
     Returns (B, L, H, D) in q's dtype, contiguous. Differentiable in q, k and v
-    (first order: the backward op has no derivative of its own).
+    (first order: the backward has no derivative of its own).
     """
-    check_tensors(OP, {"q": (q, "BLHD"), "k": (k, "BKHD"), "v": (v, "BKHD")})
+    _check_inputs(q, k, v)
     scale = resolve_scale(OP, scale, q.shape[-1])
-    backend = dispatch.select(OP, backend, q.device, q.dtype, int(q.shape[-1]))
-    return _forward(q, k, v, scale, backend)[0]
+    backend = _backend(backend, q)
+    if not fast_path_allowed((q, k, v)):
+        return torch.ops.memkernels.memory_read(q, k, v, scale, backend)[0]
+    kernels = dispatch.kernels(OP, backend)
+    if needs_grad((q, k, v)):
+        return _MemoryRead.apply(q, k, v, scale, kernels)
+    return kernels.memory_read_forward(q, k, v, scale)[0]

@@ -1,52 +1,113 @@
 """slot_attention: memory writing by slot attention (paper §4.2.4).
 
-Slot i attends over its *own* key and the segment's token keys, never over
-other slots, with temperature tau:
+Slot i attends over its *own* key and the segment's token keys, never over other slots,
+with temperature tau:
 `p = softmax(scale/tau * [q_i·k_i, q_i·k_tok_1, ..., q_i·k_tok_L])`,
 `out_i = p_self * v_i + sum_j p_j * v_tok_j`.
-Registered as the custom ops `memkernels::slot_attention` (returns the output
-and the float32 log-sum-exp) and `memkernels::slot_attention_backward`; the
-backends receive the folded scale `scale / tau`.
+Laid out as `memkernels.ops.memory_read` is: input checks, the registered ops
+`memkernels::slot_attention` (output and float32 log-sum-exp) and
+`memkernels::slot_attention_backward`, the eager `autograd.Function`, the public
+function. The backends receive the folded scale `scale / tau`.
 """
 from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from memkernels import dispatch
-from memkernels._validation import check_key_padding_mask, check_positive, check_tensors, resolve_scale
+from memkernels._validation import (
+    FLOATING_DTYPES,
+    check_key_padding_mask,
+    check_like,
+    check_positive,
+    check_statistic,
+    check_tensors,
+    resolve_scale,
+)
+from memkernels.ops._eager import fast_path_allowed, needs_grad
 from memkernels.reference import accumulation_dtype
 
 OP = "slot_attention"
 
 
-@torch.library.custom_op("memkernels::slot_attention", mutates_args=())
-def _forward(
-    q: Tensor, k: Tensor, v: Tensor, k_tok: Tensor, v_tok: Tensor,
-    key_padding_mask: Optional[Tensor], scale: float, backend: str,
-) -> tuple[Tensor, Tensor]:
-    kernels = dispatch.kernels(OP, backend)
-    return kernels.slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale)
+# --------------------------------------------------------------------------- input checks
 
 
-@_forward.register_fake
+def _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask) -> None:
+    ok = (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
+          and isinstance(k_tok, Tensor) and isinstance(v_tok, Tensor)
+          and q.dim() == 4 and k_tok.dim() == 4 and q.shape == k.shape == v.shape and k_tok.shape == v_tok.shape
+          and q.shape[0] == k_tok.shape[0] and q.shape[2:] == k_tok.shape[2:]
+          and q.numel() > 0 and k_tok.numel() > 0 and q.dtype in FLOATING_DTYPES
+          and q.dtype == k.dtype == v.dtype == k_tok.dtype == v_tok.dtype
+          and q.device == k.device == v.device == k_tok.device == v_tok.device
+          and (key_padding_mask is None
+               or (isinstance(key_padding_mask, Tensor) and key_padding_mask.dtype == torch.bool
+                   and key_padding_mask.shape == k_tok.shape[:2] and key_padding_mask.device == q.device)))
+    if not ok:
+        check_tensors(OP, {
+            "q": (q, "BKHD"), "k": (k, "BKHD"), "v": (v, "BKHD"),
+            "k_tok": (k_tok, "BLHD"), "v_tok": (v_tok, "BLHD"),
+        })
+        check_key_padding_mask(OP, key_padding_mask, k_tok.shape[0], k_tok.shape[1], q.device)
+
+
+def _backend(requested: str, q: Tensor) -> str:
+    return dispatch.select(OP, requested, q.device, q.dtype, int(q.shape[-1]))
+
+
+def _check_op_inputs(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend) -> str:
+    _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask)
+    resolve_scale(OP, scale, q.shape[-1])
+    return _backend(backend, q)
+
+
+def _check_backward_inputs(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale, backend) -> str:
+    backend = _check_op_inputs(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)
+    check_like(OP, "dout", dout, "q", q)
+    check_like(OP, "out", out, "q", q)
+    batch, slots, heads, _ = q.shape
+    check_statistic(OP, "lse", lse, (batch, heads, slots), accumulation_dtype(q.dtype), q.device)
+    return backend
+
+
+# --------------------------------------------------------------------------- registered ops
+
+torch.library.define(
+    "memkernels::slot_attention",
+    "(Tensor q, Tensor k, Tensor v, Tensor k_tok, Tensor v_tok, Tensor? key_padding_mask, float scale, "
+    "str backend) -> (Tensor, Tensor)")
+torch.library.define(
+    "memkernels::slot_attention_backward",
+    "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor k_tok, Tensor v_tok, Tensor? key_padding_mask, "
+    "Tensor out, Tensor lse, float scale, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.impl("memkernels::slot_attention", "CompositeExplicitAutograd")
+def _forward_op(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend):
+    backend = _check_op_inputs(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)
+    return dispatch.kernels(OP, backend).slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale)
+
+
+@torch.library.register_fake("memkernels::slot_attention")
 def _(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend):
+    _check_op_inputs(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)
     batch, slots, heads, _ = q.shape
     lse = q.new_empty(batch, heads, slots, dtype=accumulation_dtype(q.dtype))
     return torch.empty_like(q, memory_format=torch.contiguous_format), lse
 
 
-@torch.library.custom_op("memkernels::slot_attention_backward", mutates_args=())
-def _backward(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, k_tok: Tensor, v_tok: Tensor,
-    key_padding_mask: Optional[Tensor], out: Tensor, lse: Tensor, scale: float, backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    kernels = dispatch.kernels(OP, backend)
-    return kernels.slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale)
+@torch.library.impl("memkernels::slot_attention_backward", "CompositeExplicitAutograd")
+def _backward_op(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale, backend):
+    backend = _check_backward_inputs(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale, backend)
+    return dispatch.kernels(OP, backend).slot_attention_backward(
+        dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale)
 
 
-@_backward.register_fake
+@torch.library.register_fake("memkernels::slot_attention_backward")
 def _(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale, backend):
+    _check_backward_inputs(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale, backend)
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, k_tok, v_tok))
 
 
@@ -58,17 +119,38 @@ def _setup_context(ctx, inputs, output):
     ctx.scale, ctx.backend = scale, backend
 
 
-def _autograd_backward(ctx, dout, _dlse):
-    grads = _backward(dout, *ctx.saved_tensors, ctx.scale, ctx.backend)
+def _op_backward(ctx, dout, _dlse):
+    grads = torch.ops.memkernels.slot_attention_backward(dout, *ctx.saved_tensors, ctx.scale, ctx.backend)
     return *grads, None, None, None
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+torch.library.register_autograd("memkernels::slot_attention", _op_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- eager autograd
+
+
+class _SlotAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, k_tok, v_tok, key_padding_mask, scale, kernels):
+        out, lse = kernels.slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale)
+        ctx.save_for_backward(q, k, v, k_tok, v_tok, key_padding_mask, out, lse)
+        ctx.scale, ctx.kernels = scale, kernels
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        grads = ctx.kernels.slot_attention_backward(dout, *ctx.saved_tensors, ctx.scale)
+        return *grads, None, None, None
+
+
+# --------------------------------------------------------------------------- public function
 
 
 def slot_attention(
     q: Tensor, k: Tensor, v: Tensor, k_tok: Tensor, v_tok: Tensor, *,
-    tau: float = 1.0, scale: float | None = None, key_padding_mask: Tensor | None = None,
+    tau: float = 1.0, scale: float | None = None, key_padding_mask: Optional[Tensor] = None,
     backend: str = "auto",
 ) -> Tensor:
     """Update every memory slot from itself and the segment's tokens.
@@ -85,11 +167,13 @@ def slot_attention(
     Returns (B, K, H, D) in q's dtype, contiguous. Differentiable in all five
     tensors; masked tokens receive zero gradient.
     """
-    check_tensors(OP, {
-        "q": (q, "BKHD"), "k": (k, "BKHD"), "v": (v, "BKHD"),
-        "k_tok": (k_tok, "BLHD"), "v_tok": (v_tok, "BLHD"),
-    })
-    check_key_padding_mask(OP, key_padding_mask, k_tok.shape[0], k_tok.shape[1], q.device)
+    _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask)
     scale = resolve_scale(OP, scale, q.shape[-1]) / check_positive(OP, "tau", tau)
-    backend = dispatch.select(OP, backend, q.device, q.dtype, int(q.shape[-1]))
-    return _forward(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)[0]
+    backend = _backend(backend, q)
+    tensors = (q, k, v, k_tok, v_tok)
+    if not fast_path_allowed(tensors):
+        return torch.ops.memkernels.slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)[0]
+    kernels = dispatch.kernels(OP, backend)
+    if needs_grad(tensors):
+        return _SlotAttention.apply(q, k, v, k_tok, v_tok, key_padding_mask, scale, kernels)
+    return kernels.slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale)[0]

@@ -1,0 +1,100 @@
+"""What each backend can do, per op: the one table dispatch, `memkernels.info` and the README read.
+
+A backend runs an op on a device type for some dtypes and head dims. `TABLE[op][backend]`
+maps a device type to a `Support`; a device type that is missing is one the backend
+cannot run the op on. What a backend needs from the machine (triton installed, the CUDA
+extension built, the interpreter for CPU tensors) is checked by `memkernels.dispatch`.
+
+`auto_dtypes` lists the dtypes `backend="auto"` may send to the backend on that device:
+a kernel that has not passed the test suite on a GPU stays out of `auto` even where it
+compiles, and float64 on CUDA goes to the reference, which computes it natively (float64
+exists for gradcheck, not for speed).
+"""
+from dataclasses import dataclass
+
+import torch
+
+OPS = ("memory_read", "slot_attention", "memory_norm")
+BACKENDS = ("torch", "triton", "cuda")
+# The fused attention kernels' largest head dim (Triton and CUDA); the reference takes any.
+MAX_KERNEL_HEAD_DIM = 256
+
+FLOAT16, BFLOAT16, FLOAT32, FLOAT64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+ALL_DTYPES = (FLOAT32, FLOAT16, BFLOAT16, FLOAT64)
+ANY_DEVICE = "*"
+
+
+@dataclass(frozen=True)
+class Support:
+    dtypes: tuple[torch.dtype, ...]
+    auto_dtypes: tuple[torch.dtype, ...] = ()
+    max_head_dim: int | None = None  # None: any head dim (or the op has none)
+    refused_dtype_reason: str = ""   # why the dtypes not listed are refused
+    not_auto_reason: str = ""        # why "auto" leaves the other listed dtypes alone
+
+
+_REFERENCE = {ANY_DEVICE: Support(ALL_DTYPES, auto_dtypes=ALL_DTYPES)}
+
+
+def _kernels(head_dim: int | None) -> dict[str, dict[str, Support]]:
+    return {
+        "torch": _REFERENCE,
+        "triton": {
+            # Verified on an H100 (2026-11-22) in float32, float16 and bfloat16.
+            "cuda": Support(ALL_DTYPES, auto_dtypes=(FLOAT32, FLOAT16, BFLOAT16), max_head_dim=head_dim,
+                            not_auto_reason="float64 serves gradcheck, and the reference computes it natively"),
+            "cpu": Support((FLOAT32, FLOAT16, FLOAT64), max_head_dim=head_dim,
+                           refused_dtype_reason="the Triton CPU interpreter has no bfloat16 arithmetic",
+                           not_auto_reason="the Triton interpreter is a correctness tool, not a fast path"),
+        },
+        "cuda": {
+            "cuda": Support((FLOAT32, FLOAT16, BFLOAT16), auto_dtypes=(FLOAT32, FLOAT16, BFLOAT16),
+                            max_head_dim=head_dim,
+                            refused_dtype_reason="its kernels take float16, bfloat16 and float32, not {dtype}"),
+        },
+    }
+
+
+TABLE: dict[str, dict[str, dict[str, Support]]] = {
+    "memory_read": _kernels(MAX_KERNEL_HEAD_DIM),
+    "slot_attention": _kernels(MAX_KERNEL_HEAD_DIM),
+    "memory_norm": _kernels(None),
+}
+
+# Backends "auto" tries, in order, per device type; any other device type runs the reference.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch")}
+DEFAULT_AUTO_ORDER = ("torch",)
+
+
+def support(op: str, backend: str, device_type: str) -> Support | None:
+    """The backend's support for `op` on this device type, or None if it cannot run there."""
+    devices = TABLE[op].get(backend, {})
+    return devices.get(device_type, devices.get(ANY_DEVICE))
+
+
+def auto_order(device_type: str) -> tuple[str, ...]:
+    return AUTO_ORDER.get(device_type, DEFAULT_AUTO_ORDER)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _device_label(backend: str, device: str) -> str:
+    if device == ANY_DEVICE:
+        return "any"
+    return "cpu (TRITON_INTERPRET=1)" if (backend, device) == ("triton", "cpu") else device
+
+
+def markdown_table() -> str:
+    """The README's backend table, one row per (op, backend, device type)."""
+    rows = ["| op | backend | device | dtypes | `auto` may pick it for | head dims |", "|---|---|---|---|---|---|"]
+    for op, backends in TABLE.items():
+        for backend, devices in backends.items():
+            for device, entry in devices.items():
+                auto = ", ".join(map(dtype_name, entry.auto_dtypes)) or "never"
+                heads = "-" if op == "memory_norm" else \
+                    "any" if entry.max_head_dim is None else f"up to {entry.max_head_dim}"
+                rows.append(f"| `{op}` | `{backend}` | {_device_label(backend, device)} "
+                            f"| {', '.join(map(dtype_name, entry.dtypes))} | {auto} | {heads} |")
+    return "\n".join(rows)
