@@ -30,11 +30,6 @@ def _upcast(*tensors: Tensor) -> list[Tensor]:
     return [t.to(acc) for t in tensors]
 
 
-def _row_delta(dout: Tensor, out: Tensor) -> Tensor:
-    """rowsum(dO * O) per (b, row, h), moved to (B, H, rows)."""
-    return (dout * out).sum(-1).permute(0, 2, 1)
-
-
 # memory_read ----------------------------------------------------------------
 
 def memory_read_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -47,13 +42,20 @@ def memory_read_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[
     return out.to(q.dtype).contiguous(), lse.contiguous()
 
 
+def _softmax_backward(probs: Tensor, dprobs: Tensor) -> Tensor:
+    """dS = P * (dP - rowsum(P * dP)). The row sum comes from P and dP, not from
+    rowsum(dO * O): O is rounded to the input dtype, and on a sharply peaked row that
+    rounding alone would swamp a 16-bit gradient."""
+    return probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True))
+
+
 def memory_read_backward(dout, q, k, v, out, lse, scale):
-    """(dq, dk, dv) from the saved output and lse."""
-    dof, qf, kf, vf, of = _upcast(dout, q, k, v, out)
+    """(dq, dk, dv) from the saved lse (`out` is not needed: see _softmax_backward)."""
+    dof, qf, kf, vf = _upcast(dout, q, k, v)
     scores = torch.einsum("blhd,bkhd->bhlk", qf, kf) * scale
     probs = torch.exp(scores - lse.unsqueeze(-1))
     dprobs = torch.einsum("blhd,bkhd->bhlk", dof, vf)
-    dscores = probs * (dprobs - _row_delta(dof, of).unsqueeze(-1))
+    dscores = _softmax_backward(probs, dprobs)
     dq = torch.einsum("bhlk,bkhd->blhd", dscores, kf) * scale
     dk = torch.einsum("bhlk,blhd->bkhd", dscores, qf) * scale
     dv = torch.einsum("bhlk,blhd->bkhd", probs, dof)
@@ -97,12 +99,12 @@ def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale):
 
 
 def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale):
-    """(dq, dk, dv, dk_tok, dv_tok) from the saved output and lse."""
-    dof, qf, kf, vf, k_tokf, v_tokf, of = _upcast(dout, q, k, v, k_tok, v_tok, out)
+    """(dq, dk, dv, dk_tok, dv_tok) from the saved lse (`out` is not needed)."""
+    dof, qf, kf, vf, k_tokf, v_tokf = _upcast(dout, q, k, v, k_tok, v_tok)
     probs = torch.exp(_slot_scores(qf, kf, k_tokf, key_padding_mask, scale) - lse.unsqueeze(-1))
     dp_self = torch.einsum("bkhd,bkhd->bhk", dof, vf).unsqueeze(-1)
     dp_tok = torch.einsum("bkhd,blhd->bhkl", dof, v_tokf)
-    dscores = probs * (torch.cat([dp_self, dp_tok], dim=-1) - _row_delta(dof, of).unsqueeze(-1))
+    dscores = _softmax_backward(probs, torch.cat([dp_self, dp_tok], dim=-1))
     ds_self = dscores[..., 0].permute(0, 2, 1).unsqueeze(-1)  # [B, K, H, 1]
     ds_tok = dscores[..., 1:]
     dq = (ds_self * kf + torch.einsum("bhkl,blhd->bkhd", ds_tok, k_tokf)) * scale

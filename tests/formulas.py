@@ -26,6 +26,8 @@ def slot_attention(q, k, v, k_tok, v_tok, tau, scale, key_padding_mask=None):
 
 
 def memory_norm(m, bias, eps):
+    # max(||x||, eps) as sqrt(max(||x||^2, eps^2)): the same value, and a row that is exactly
+    # zero (bfloat16 rounds m = -bias + 1e-4 to that) gets the clamp's zero gradient instead
+    # of autograd's 0 * inf = NaN through sqrt at 0.
     x = m.double() + bias.double()
-    norm = torch.sqrt((x * x).sum(-1, keepdim=True))
-    return x / torch.clamp(norm, min=eps)
+    return x / torch.sqrt(torch.clamp((x * x).sum(-1, keepdim=True), min=eps * eps))
