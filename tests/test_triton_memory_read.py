@@ -124,6 +124,24 @@ def test_very_negative_scores(device, dtype):
 
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_peaked_softmax_gradient_is_accurate(device, dtype):
+    # P is nearly one-hot, so dS = P (dP - delta) is a small difference. Were delta taken as
+    # rowsum(dout * out) from the output rounded to the input dtype, that rounding alone would
+    # be the size of dq itself (0.09 against 0.1 in bfloat16 on an H100, 0.01 against 0.09 in
+    # float16): dq must match relative to its own size, not to a floor of 1.
+    q, k, v, dout = _inputs(1, 4, 3, 1, 16, device, dtype, seed=5)
+    k = (k.abs() + 1).to(dtype)
+    q = torch.full_like(q, -2.0)
+    out, lse = mr.memory_read_forward(q, k, v, 10.0)
+    dq, _, _ = mr.memory_read_backward(dout, q, k, v, out, lse, 10.0)
+    ref_dq = _reference(q, k, v, dout, 10.0)[2]
+    # float32 keeps ~3e-5 of a -300 score, which scale 10 carries into dq at ~5e-3 of its size.
+    rel = {torch.float64: 1e-9, torch.float32: 1e-2, torch.float16: 2e-2, torch.bfloat16: 3e-2}[dtype]
+    err = (dq.cpu().double() - ref_dq).abs().max().item()
+    assert err <= rel * ref_dq.abs().max().item(), f"dq error {err:.3e} vs max |dq| {ref_dq.abs().max().item():.3e}"
+
+
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
 def test_strided_inputs_read_in_place(device, dtype):
     B, L, K, H, D = 2, 11, 9, 2, 24
     gen = torch.Generator().manual_seed(3)
@@ -144,10 +162,10 @@ def test_strided_inputs_read_in_place(device, dtype):
     contiguous = [t.contiguous() for t in (q, k, v, dout)]
     out_c, lse_c = mr.memory_read_forward(*contiguous[:3], scale)
     grads_c = mr.memory_read_backward(contiguous[3], *contiguous[:3], out_c, lse_c, scale)
-    # Same values, same blocks, same order: strides must not change a single bit.
-    assert torch.equal(out, out_c) and torch.equal(lse, lse_c)
-    for g, g_c in zip(grads, grads_c):
-        assert torch.equal(g, g_c)
+    # Contiguous inputs take the kernel variant without strides, which a GPU may lay out (and
+    # so reduce) differently: across layouts the guarantee is agreement to rounding.
+    for name, got, ref in zip(("out", "lse", "dq", "dk", "dv"), (out_c, lse_c, *grads_c), (out, lse, *grads)):
+        _check(name, got, ref.cpu().double(), dtype)
 
 
 @pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)

@@ -1,5 +1,7 @@
 """Launcher helpers shared by the Triton kernel modules."""
 import contextlib
+import functools
+import math
 import struct
 from typing import NamedTuple
 
@@ -13,6 +15,7 @@ class Numerics(NamedTuple):
     dot_precision: str      # tl.dot input_precision
 
 
+@functools.lru_cache(maxsize=None)
 def numerics(dtype: torch.dtype) -> Numerics:
     """float64 inputs accumulate in float64, every other dtype in float32.
 
@@ -32,6 +35,40 @@ def split_float(x: float) -> tuple[float, float]:
     return hi, lo
 
 
+@functools.lru_cache(maxsize=64)
+def kernel_scale(scale: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The score scale as the kernels take it: in base-2 units (log2(e) folded in, so the
+    softmax is one exp2 per score) except for float64, whose kernels stay in base e; split
+    into float32 halves (see split_float)."""
+    return split_float(scale if dtype == torch.float64 else scale * math.log2(math.e))
+
+
+# CUDA's largest first grid dimension.
+MAX_GRID = 2**31 - 1
+
+
+def check_grid(programs: int) -> int:
+    if programs > MAX_GRID:
+        raise ValueError(f"{programs} programs exceed CUDA's grid limit of {MAX_GRID}: the inputs are too large "
+                         "for one launch of these kernels")
+    return programs
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Plain integer arithmetic: triton.next_power_of_2 is a ConstexprFunction that costs
+    microseconds per call in host code."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+_SAME_DEVICE = contextlib.nullcontext()
+
+
 def on_device(t: torch.Tensor):
     """Triton launches on the current CUDA device, which need not be the tensor's."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return _SAME_DEVICE

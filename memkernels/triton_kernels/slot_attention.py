@@ -10,26 +10,40 @@ online-softmax state starts at the slot's own term (max = s_self, sum = 1, acc =
 before the token blocks stream through, so a slot whose tokens are all padding never
 leaves that state (and is stored as v_i itself, bitwise). It saves ``lse`` for the backward.
 
-Backward, with ``P`` recomputed from ``lse`` and ``delta = rowsum(dout * out)``,
-``dS = P * (dout.V - delta)`` over [self; tokens]:
-  * a slot kernel (programs over slot blocks, looping over tokens) writes
-    ``dq = c * (dS_self k_i + dS_tok @ k_tok)``, ``dk = c * dS_self q``, ``dv = P_self dout``
-    and ``delta`` for the second kernel;
+Backward, with ``P`` recomputed from ``lse`` and ``dS = P * (dP - delta)`` over [self; tokens]:
+  * a slot kernel (programs over slot blocks, looping over tokens) finds
+    ``delta = p_self dP_self + sum_j P_j dP_j`` (a first pass over the tokens unless they fit
+    one block; not rowsum(dout * out), whose rounded output costs bfloat16 its accuracy on
+    peaked rows, see `memory_read`), then writes ``dq = c * (dS_self k_i + dS_tok @ k_tok)``,
+    ``dk = c * dS_self q``, ``dv = P_self dout`` and ``delta`` for the second kernel;
   * a token kernel (programs over token blocks, looping over all slots) writes
     ``dk_tok = c * dS_tok^T @ q`` and ``dv_tok = P_tok^T @ dout``.
 Every output row belongs to exactly one program and every loop runs in a fixed order:
 no atomics, so results are bitwise reproducible run to run.
 
-All tensors are read through their strides (any layout, e.g. a (B, H, K, D) tensor
-passed as ``x.transpose(1, 2)``); offsets are int64; every load is masked.
+All tensors are read through their strides (any layout, e.g. a (B, H, K, D) tensor passed
+as ``x.transpose(1, 2)``), or, when every input is contiguous, by a kernel variant that
+takes sizes instead of strides (fewer launch arguments). Offsets are int64; every load is
+masked; float64 uses broadcast products instead of tl.dot (see `_common.mm`).
 """
+import functools
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from memkernels.triton_kernels._launch import numerics, on_device
+from memkernels.triton_kernels._common import (
+    exp,
+    grad_scale,
+    load_tile,
+    mm,
+    natural_lse,
+    online_softmax_step,
+    store_tile,
+    to_score_units,
+)
+from memkernels.triton_kernels._launch import cdiv, check_grid, kernel_scale, next_power_of_2, numerics, on_device
 
 
 # ----------------------------------------------------------------------------------------
@@ -38,60 +52,43 @@ from memkernels.triton_kernels._launch import numerics, on_device
 
 
 @triton.jit
-def _slot_attention_load_tile(base_ptr, rows, cols, stride_row, stride_col, n_rows, n_cols):
-    # [len(rows), len(cols)]; out-of-range elements read as 0 so they add nothing to dot products.
-    ptrs = base_ptr + rows[:, None] * stride_row + cols[None, :] * stride_col
-    return tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+def _head(H, n_blocks):
+    # (block index, b, h): blocks of one (b, h) are neighbours in launch order, so they share
+    # its tokens (or slots) in L2.
+    pid = tl.program_id(0)
+    bh = (pid // n_blocks).to(tl.int64)
+    return pid % n_blocks, bh, bh // H, bh % H
 
 
 @triton.jit
-def _slot_attention_store_tile(base_ptr, rows, cols, stride_row, n_rows, n_cols, value):
-    # Outputs are allocated contiguous along the head dim.
-    ptrs = base_ptr + rows[:, None] * stride_row + cols[None, :]
-    tl.store(ptrs, value.to(base_ptr.dtype.element_ty), mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
-
-
-@triton.jit
-def _slot_attention_token_ok(mask_ptr, stride_ml, offs_l, L, HAS_MASK: tl.constexpr):
-    # [BLOCK_L] True for real tokens inside the segment.
-    ok = offs_l < L
+def _token_ok(mask_ptr, tokens, L, HAS_MASK: tl.constexpr):
+    # [len(tokens)] True for real tokens inside the segment; the mask is (B, L) contiguous.
+    ok = tokens < L
     if HAS_MASK:
-        ok &= tl.load(mask_ptr + offs_l * stride_ml, mask=ok, other=0) != 0
+        ok &= tl.load(mask_ptr + tokens, mask=ok, other=0) != 0
     return ok
 
 
 @triton.jit
-def _slot_attention_fwd_kernel(
+def _fwd(
     q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, lse_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
     stride_ktb, stride_ktl, stride_kth, stride_ktd,
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
-    stride_mb, stride_ml,
-    H, K, L, D,
-    # float64 so that float64 inputs get the caller's scale unrounded; the kernel narrows it
-    # with tl.full, which takes the compiled scalar and the interpreter's Python float alike.
-    scale: tl.float64,
-    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Slot blocks of one (b, h) are neighbours in launch order, so they share its tokens in L2.
-    pid = tl.program_id(0)
-    n_slot_blocks = tl.cdiv(K, BLOCK_K)
-    bh = (pid // n_slot_blocks).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    offs_k = ((pid % n_slot_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
-    scale = tl.full((), scale, ACC_DTYPE)
-
-    q = _slot_attention_load_tile(q_ptr + b * stride_qb + h * stride_qh, offs_k, offs_d,
-                                  stride_qk, stride_qd, K, D)  # [BLOCK_K, BLOCK_D]
-    k = _slot_attention_load_tile(k_ptr + b * stride_kb + h * stride_kh, offs_k, offs_d,
-                                  stride_kk, stride_kd, K, D)  # [BLOCK_K, BLOCK_D]
-    v_ptr += b * stride_vb + h * stride_vh
-    v = _slot_attention_load_tile(v_ptr, offs_k, offs_d, stride_vk, stride_vd, K, D)  # [BLOCK_K, BLOCK_D]
+    pid_k, bh, b, h = _head(H, tl.cdiv(K, BLOCK_K))
+    scale = tl.cast(scale_hi, ACC_DTYPE) + tl.cast(scale_lo, ACC_DTYPE)
+    slots = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    q = load_tile(q_ptr + b * stride_qb + h * stride_qh, slots, K, stride_qk, cols, D, stride_qd)  # [BLOCK_K, BLOCK_D]
+    k = load_tile(k_ptr + b * stride_kb + h * stride_kh, slots, K, stride_kk, cols, D, stride_kd)  # [BLOCK_K, BLOCK_D]
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    v = load_tile(v_base, slots, K, stride_vk, cols, D, stride_vd)  # [BLOCK_K, BLOCK_D]
 
     # The softmax state starts at the slot's own term: running max = its score, running
     # sum = exp(0) = 1, accumulator = its value (the upcast is exact).
@@ -100,28 +97,21 @@ def _slot_attention_fwd_kernel(
     acc = v.to(ACC_DTYPE)  # [BLOCK_K, BLOCK_D]
     n_live = tl.zeros((), tl.int32)
 
-    k_tok_ptr += b * stride_ktb + h * stride_kth
-    v_tok_ptr += b * stride_vtb + h * stride_vth
-    mask_ptr += b * stride_mb
+    k_tok_base = k_tok_ptr + b * stride_ktb + h * stride_kth
+    v_tok_base = v_tok_ptr + b * stride_vtb + h * stride_vth
+    mask_row = mask_ptr + b * L
     for start in range(0, L, BLOCK_L):
-        offs_l = (start + tl.arange(0, BLOCK_L)).to(tl.int64)
-        k_tok = _slot_attention_load_tile(k_tok_ptr, offs_l, offs_d, stride_ktl, stride_ktd, L, D)  # [BLOCK_L, BLOCK_D]
-        v_tok = _slot_attention_load_tile(v_tok_ptr, offs_l, offs_d, stride_vtl, stride_vtd, L, D)  # [BLOCK_L, BLOCK_D]
-        tok_ok = _slot_attention_token_ok(mask_ptr, stride_ml, offs_l, L, HAS_MASK)  # [BLOCK_L]
+        tokens = start + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+        k_tok = load_tile(k_tok_base, tokens, L, stride_ktl, cols, D, stride_ktd)  # [BLOCK_L, BLOCK_D]
+        v_tok = load_tile(v_tok_base, tokens, L, stride_vtl, cols, D, stride_vtd)  # [BLOCK_L, BLOCK_D]
+        tok_ok = _token_ok(mask_row, tokens, L, HAS_MASK)  # [BLOCK_L]
         if HAS_MASK:
             n_live += tl.sum(tok_ok.to(tl.int32), axis=0)
-
-        s = tl.dot(q, tl.trans(k_tok), input_precision=DOT_PRECISION) * scale  # [BLOCK_K, BLOCK_L]
-        s = tl.where(tok_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # [BLOCK_K]
-        # m_i starts at the finite self score, so m_new is -inf only if that score overflowed;
-        # measuring from 0 then keeps exp(-inf - -inf) from turning the row into NaN.
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_ref)  # [BLOCK_K]
-        p = tl.exp(s - m_ref[:, None])  # [BLOCK_K, BLOCK_L]
+        s = mm(q, tl.trans(k_tok), tl.zeros([BLOCK_K, BLOCK_L], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION) * scale
+        s = tl.where(tok_ok[None, :], s, float("-inf"))  # [BLOCK_K, BLOCK_L]
+        m_i, alpha, p = online_softmax_step(s, m_i, BASE2)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v_tok.dtype), v_tok, acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc = mm(p.to(v_tok.dtype), v_tok, acc * alpha[:, None], USE_TL_DOT, DOT_PRECISION)
 
     out = acc / l_i[:, None]  # [BLOCK_K, BLOCK_D]
     if HAS_MASK:
@@ -129,141 +119,245 @@ def _slot_attention_fwd_kernel(
         # v itself rather than trust exp(0) == 1, x / 1 == x (approximate division on the GPU)
         # and the sign of the zeros the dot added, so that the output is v bit for bit.
         if n_live == 0:
-            out = _slot_attention_load_tile(v_ptr, offs_k, offs_d, stride_vk, stride_vd, K, D).to(ACC_DTYPE)
-    _slot_attention_store_tile(out_ptr + (b * K * H + h) * D, offs_k, offs_d, H * D, K, D, out)
-    tl.store(lse_ptr + bh * K + offs_k, m_i + tl.log(l_i), mask=offs_k < K)
+            out = load_tile(v_base, slots, K, stride_vk, cols, D, stride_vd).to(ACC_DTYPE)
+    # out (B, K, H, D) and lse (B, H, K) are allocated contiguous.
+    store_tile(out_ptr + (b * K * H + h) * D, slots, K, H * D, cols, D, out)
+    tl.store(lse_ptr + bh * K + slots, natural_lse(m_i, l_i, BASE2), mask=slots < K)
 
 
 @triton.jit
-def _slot_attention_bwd_slots_kernel(
-    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, dout_ptr, lse_ptr,
-    delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+def _token_block_probs(q, dout, k_tok_base, v_tok_base, mask_row, tokens, cols, lse, scale,
+                       stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D,
+                       HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
+                       DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr, BLOCK_K: tl.constexpr,
+                       BLOCK_L: tl.constexpr):
+    # One token block of the slot kernel: k_tok [BLOCK_L, BLOCK_D], P and dP [BLOCK_K, BLOCK_L].
+    k_tok = load_tile(k_tok_base, tokens, L, stride_ktl, cols, D, stride_ktd)
+    v_tok = load_tile(v_tok_base, tokens, L, stride_vtl, cols, D, stride_vtd)
+    tok_ok = _token_ok(mask_row, tokens, L, HAS_MASK)
+    s = mm(q, tl.trans(k_tok), tl.zeros([BLOCK_K, BLOCK_L], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION) * scale
+    p = exp(tl.where(tok_ok[None, :], s, float("-inf")) - lse[:, None], BASE2)
+    dp = mm(dout, tl.trans(v_tok), tl.zeros([BLOCK_K, BLOCK_L], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
+    return k_tok, p, dp
+
+
+@triton.jit
+def _bwd_slots(
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
     stride_ktb, stride_ktl, stride_kth, stride_ktd,
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
-    stride_mb, stride_ml,
-    stride_ob, stride_ok, stride_oh, stride_od,
-    stride_dob, stride_dok, stride_doh, stride_dod,
-    stride_lb, stride_lh, stride_lk,
-    H, K, L, D,
-    scale: tl.float64,
-    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    stride_gb, stride_gk, stride_gh, stride_gd,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n_slot_blocks = tl.cdiv(K, BLOCK_K)
-    bh = (pid // n_slot_blocks).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    offs_k = ((pid % n_slot_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
-    slot_in = offs_k < K
-    scale = tl.full((), scale, ACC_DTYPE)
+    pid_k, bh, b, h = _head(H, tl.cdiv(K, BLOCK_K))
+    scale = tl.cast(scale_hi, ACC_DTYPE) + tl.cast(scale_lo, ACC_DTYPE)
+    slots = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    q = load_tile(q_ptr + b * stride_qb + h * stride_qh, slots, K, stride_qk, cols, D, stride_qd)  # [BLOCK_K, BLOCK_D]
+    k = load_tile(k_ptr + b * stride_kb + h * stride_kh, slots, K, stride_kk, cols, D, stride_kd)  # [BLOCK_K, BLOCK_D]
+    v = load_tile(v_ptr + b * stride_vb + h * stride_vh, slots, K, stride_vk, cols, D, stride_vd)  # [BLOCK_K, BLOCK_D]
+    dout = load_tile(dout_ptr + b * stride_gb + h * stride_gh, slots, K, stride_gk, cols, D, stride_gd)
+    # lse (B, H, K) contiguous; rows past K read 0, their scores are 0 too, and nothing overflows.
+    lse = to_score_units(tl.load(lse_ptr + bh * K + slots, mask=slots < K, other=0.0), BASE2)  # [BLOCK_K]
 
-    q = _slot_attention_load_tile(q_ptr + b * stride_qb + h * stride_qh, offs_k, offs_d,
-                                  stride_qk, stride_qd, K, D)  # [BLOCK_K, BLOCK_D]
-    k = _slot_attention_load_tile(k_ptr + b * stride_kb + h * stride_kh, offs_k, offs_d,
-                                  stride_kk, stride_kd, K, D)  # [BLOCK_K, BLOCK_D]
-    v = _slot_attention_load_tile(v_ptr + b * stride_vb + h * stride_vh, offs_k, offs_d,
-                                  stride_vk, stride_vd, K, D)  # [BLOCK_K, BLOCK_D]
-    out = _slot_attention_load_tile(out_ptr + b * stride_ob + h * stride_oh, offs_k, offs_d,
-                                    stride_ok, stride_od, K, D)  # [BLOCK_K, BLOCK_D]
-    dout = _slot_attention_load_tile(dout_ptr + b * stride_dob + h * stride_doh, offs_k, offs_d,
-                                     stride_dok, stride_dod, K, D)  # [BLOCK_K, BLOCK_D]
-    # Rows past K read lse = 0: their scores are 0 too, so nothing overflows, and they are never stored.
-    lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + offs_k * stride_lk,
-                  mask=slot_in, other=0.0).to(ACC_DTYPE)  # [BLOCK_K]
+    dout_acc = dout.to(ACC_DTYPE)  # [BLOCK_K, BLOCK_D]
+    p_self = exp(tl.sum(q.to(ACC_DTYPE) * k.to(ACC_DTYPE), axis=1) * scale - lse, BASE2)  # [BLOCK_K]
+    dp_self = tl.sum(dout_acc * v.to(ACC_DTYPE), axis=1)  # [BLOCK_K]
 
-    dout_acc = dout.to(ACC_DTYPE)
-    delta = tl.sum(dout_acc * out.to(ACC_DTYPE), axis=1)  # [BLOCK_K]
-    tl.store(delta_ptr + bh * K + offs_k, delta, mask=slot_in)
+    k_tok_base = k_tok_ptr + b * stride_ktb + h * stride_kth
+    v_tok_base = v_tok_ptr + b * stride_vtb + h * stride_vth
+    mask_row = mask_ptr + b * L
+    delta = p_self * dp_self  # [BLOCK_K]
+    if L > BLOCK_L:  # the second pass needs delta over every token before its first block
+        for start in range(0, L, BLOCK_L):
+            _, p, dp = _token_block_probs(
+                q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
+                stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D,
+                HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+            delta += tl.sum(p * dp, axis=1)
 
-    p_self = tl.exp(tl.sum(q.to(ACC_DTYPE) * k.to(ACC_DTYPE), axis=1) * scale - lse)  # [BLOCK_K]
-    ds_self = p_self * (tl.sum(dout_acc * v.to(ACC_DTYPE), axis=1) - delta)  # [BLOCK_K]
-    dq = ds_self[:, None] * k.to(ACC_DTYPE)  # [BLOCK_K, BLOCK_D]
-
-    k_tok_ptr += b * stride_ktb + h * stride_kth
-    v_tok_ptr += b * stride_vtb + h * stride_vth
-    mask_ptr += b * stride_mb
+    dq = tl.zeros([BLOCK_K, BLOCK_D], ACC_DTYPE)  # [BLOCK_K, BLOCK_D]
     for start in range(0, L, BLOCK_L):
-        offs_l = (start + tl.arange(0, BLOCK_L)).to(tl.int64)
-        k_tok = _slot_attention_load_tile(k_tok_ptr, offs_l, offs_d, stride_ktl, stride_ktd, L, D)  # [BLOCK_L, BLOCK_D]
-        v_tok = _slot_attention_load_tile(v_tok_ptr, offs_l, offs_d, stride_vtl, stride_vtd, L, D)  # [BLOCK_L, BLOCK_D]
-        tok_ok = _slot_attention_token_ok(mask_ptr, stride_ml, offs_l, L, HAS_MASK)  # [BLOCK_L]
-
-        s = tl.dot(q, tl.trans(k_tok), input_precision=DOT_PRECISION) * scale  # [BLOCK_K, BLOCK_L]
-        p = tl.exp(tl.where(tok_ok[None, :], s, float("-inf")) - lse[:, None])  # [BLOCK_K, BLOCK_L]
-        dp = tl.dot(dout, tl.trans(v_tok), input_precision=DOT_PRECISION)  # [BLOCK_K, BLOCK_L]
+        k_tok, p, dp = _token_block_probs(
+            q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
+            stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D,
+            HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+        if L <= BLOCK_L:  # one block: delta from the scores already at hand
+            delta = p_self * dp_self + tl.sum(p * dp, axis=1)
         ds = p * (dp - delta[:, None])  # [BLOCK_K, BLOCK_L]
-        dq = tl.dot(ds.to(k_tok.dtype), k_tok, dq, input_precision=DOT_PRECISION)
+        dq = mm(ds.to(k_tok.dtype), k_tok, dq, USE_TL_DOT, DOT_PRECISION)
 
+    c = grad_scale(scale, BASE2)
+    ds_self = p_self * (dp_self - delta)  # [BLOCK_K]
+    dq = (dq + ds_self[:, None] * k.to(ACC_DTYPE)) * c
+    # dq, dk, dv (B, K, H, D) and delta (B, H, K) are allocated contiguous.
     slot_rows = (b * K * H + h) * D
-    _slot_attention_store_tile(dq_ptr + slot_rows, offs_k, offs_d, H * D, K, D, dq * scale)
-    _slot_attention_store_tile(dk_ptr + slot_rows, offs_k, offs_d, H * D, K, D,
-                               (scale * ds_self)[:, None] * q.to(ACC_DTYPE))
-    _slot_attention_store_tile(dv_ptr + slot_rows, offs_k, offs_d, H * D, K, D, p_self[:, None] * dout_acc)
+    store_tile(dq_ptr + slot_rows, slots, K, H * D, cols, D, dq)
+    store_tile(dk_ptr + slot_rows, slots, K, H * D, cols, D, (c * ds_self)[:, None] * q.to(ACC_DTYPE))
+    store_tile(dv_ptr + slot_rows, slots, K, H * D, cols, D, p_self[:, None] * dout_acc)
+    tl.store(delta_ptr + bh * K + slots, delta, mask=slots < K)
 
 
 @triton.jit
-def _slot_attention_bwd_tokens_kernel(
-    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr,
-    dk_tok_ptr, dv_tok_ptr,
+def _bwd_tokens(
+    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
     stride_ktb, stride_ktl, stride_kth, stride_ktd,
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
-    stride_mb, stride_ml,
-    stride_dob, stride_dok, stride_doh, stride_dod,
-    stride_lb, stride_lh, stride_lk,
-    H, K, L, D,
-    scale: tl.float64,
-    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    stride_gb, stride_gk, stride_gh, stride_gd,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n_tok_blocks = tl.cdiv(L, BLOCK_L)
-    bh = (pid // n_tok_blocks).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    offs_l = ((pid % n_tok_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
-    scale = tl.full((), scale, ACC_DTYPE)
+    pid_l, bh, b, h = _head(H, tl.cdiv(L, BLOCK_L))
+    scale = tl.cast(scale_hi, ACC_DTYPE) + tl.cast(scale_lo, ACC_DTYPE)
+    tokens = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
+    cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    k_tok = load_tile(k_tok_ptr + b * stride_ktb + h * stride_kth, tokens, L, stride_ktl, cols, D, stride_ktd)
+    v_tok = load_tile(v_tok_ptr + b * stride_vtb + h * stride_vth, tokens, L, stride_vtl, cols, D, stride_vtd)
+    tok_ok = _token_ok(mask_ptr + b * L, tokens, L, HAS_MASK)  # [BLOCK_L]
 
-    k_tok = _slot_attention_load_tile(k_tok_ptr + b * stride_ktb + h * stride_kth, offs_l, offs_d,
-                                      stride_ktl, stride_ktd, L, D)  # [BLOCK_L, BLOCK_D]
-    v_tok = _slot_attention_load_tile(v_tok_ptr + b * stride_vtb + h * stride_vth, offs_l, offs_d,
-                                      stride_vtl, stride_vtd, L, D)  # [BLOCK_L, BLOCK_D]
-    tok_ok = _slot_attention_token_ok(mask_ptr + b * stride_mb, stride_ml, offs_l, L, HAS_MASK)  # [BLOCK_L]
-
-    dk_tok = tl.zeros([BLOCK_L, BLOCK_D], ACC_DTYPE)
-    dv_tok = tl.zeros([BLOCK_L, BLOCK_D], ACC_DTYPE)
-    q_ptr += b * stride_qb + h * stride_qh
-    dout_ptr += b * stride_dob + h * stride_doh
-    lse_ptr += b * stride_lb + h * stride_lh
-    delta_ptr += bh * K
+    dk_tok = tl.zeros([BLOCK_L, BLOCK_D], ACC_DTYPE)  # [BLOCK_L, BLOCK_D]
+    dv_tok = tl.zeros([BLOCK_L, BLOCK_D], ACC_DTYPE)  # [BLOCK_L, BLOCK_D]
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    dout_base = dout_ptr + b * stride_gb + h * stride_gh
     # Padding tokens get zero gradients: a block of nothing but padding skips the slot loop.
     slot_end = tl.where(tl.max(tok_ok.to(tl.int32), axis=0) > 0, K, 0)
     for start in range(0, slot_end, BLOCK_K):
-        offs_k = (start + tl.arange(0, BLOCK_K)).to(tl.int64)
-        slot_in = offs_k < K
-        q = _slot_attention_load_tile(q_ptr, offs_k, offs_d, stride_qk, stride_qd, K, D)  # [BLOCK_K, BLOCK_D]
-        dout = _slot_attention_load_tile(dout_ptr, offs_k, offs_d, stride_dok, stride_dod, K, D)  # [BLOCK_K, BLOCK_D]
-        lse = tl.load(lse_ptr + offs_k * stride_lk, mask=slot_in, other=0.0).to(ACC_DTYPE)  # [BLOCK_K]
-        delta = tl.load(delta_ptr + offs_k, mask=slot_in, other=0.0)  # [BLOCK_K]
+        slots = start + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+        q = load_tile(q_base, slots, K, stride_qk, cols, D, stride_qd)  # [BLOCK_K, BLOCK_D]
+        dout = load_tile(dout_base, slots, K, stride_gk, cols, D, stride_gd)  # [BLOCK_K, BLOCK_D]
+        lse = to_score_units(tl.load(lse_ptr + bh * K + slots, mask=slots < K, other=0.0), BASE2)  # [BLOCK_K]
+        delta = tl.load(delta_ptr + bh * K + slots, mask=slots < K, other=0.0)  # [BLOCK_K]
 
         # Scores transposed (tokens x slots) so that both products below need no transpose of P.
-        s = tl.dot(k_tok, tl.trans(q), input_precision=DOT_PRECISION) * scale  # [BLOCK_L, BLOCK_K]
-        s = tl.where(tok_ok[:, None] & slot_in[None, :], s, float("-inf"))
-        p = tl.exp(s - lse[None, :])  # [BLOCK_L, BLOCK_K]
-        dp = tl.dot(v_tok, tl.trans(dout), input_precision=DOT_PRECISION)  # [BLOCK_L, BLOCK_K]
+        s = mm(k_tok, tl.trans(q), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION) * scale
+        s = tl.where(tok_ok[:, None] & (slots < K)[None, :], s, float("-inf"))
+        p = exp(s - lse[None, :], BASE2)  # [BLOCK_L, BLOCK_K]
+        dp = mm(v_tok, tl.trans(dout), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
         ds = p * (dp - delta[None, :])  # [BLOCK_L, BLOCK_K]
-        dv_tok = tl.dot(p.to(dout.dtype), dout, dv_tok, input_precision=DOT_PRECISION)
-        dk_tok = tl.dot(ds.to(q.dtype), q, dk_tok, input_precision=DOT_PRECISION)
+        dv_tok = mm(p.to(dout.dtype), dout, dv_tok, USE_TL_DOT, DOT_PRECISION)
+        dk_tok = mm(ds.to(q.dtype), q, dk_tok, USE_TL_DOT, DOT_PRECISION)
 
+    # dk_tok, dv_tok (B, L, H, D) are allocated contiguous.
     tok_rows = (b * L * H + h) * D
-    _slot_attention_store_tile(dk_tok_ptr + tok_rows, offs_l, offs_d, H * D, L, D, dk_tok * scale)
-    _slot_attention_store_tile(dv_tok_ptr + tok_rows, offs_l, offs_d, H * D, L, D, dv_tok)
+    store_tile(dk_tok_ptr + tok_rows, tokens, L, H * D, cols, D, dk_tok * grad_scale(scale, BASE2))
+    store_tile(dv_tok_ptr + tok_rows, tokens, L, H * D, cols, D, dv_tok)
+
+
+# The entry points: a strided variant and a contiguous one (sizes instead of strides) per kernel.
+
+
+@triton.jit
+def _slot_attention_fwd_strided_kernel(
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qk, stride_qh, stride_qd,
+    stride_kb, stride_kk, stride_kh, stride_kd,
+    stride_vb, stride_vk, stride_vh, stride_vd,
+    stride_ktb, stride_ktl, stride_kth, stride_ktd,
+    stride_vtb, stride_vtl, stride_vth, stride_vtd,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    _fwd(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, lse_ptr,
+         stride_qb, stride_qk, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
+         stride_vb, stride_vk, stride_vh, stride_vd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
+         stride_vtb, stride_vtl, stride_vth, stride_vtd, H, K, L, D, scale_hi, scale_lo,
+         HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+
+
+@triton.jit
+def _slot_attention_fwd_contiguous_kernel(
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, lse_ptr, H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = H * D
+    slots = tl.cast(K, tl.int64) * row  # int64: one batch entry may exceed 2**31 elements
+    tokens = tl.cast(L, tl.int64) * row
+    _fwd(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, lse_ptr,
+         slots, row, D, 1, slots, row, D, 1, slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1,
+         H, K, L, D, scale_hi, scale_lo,
+         HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+
+
+@triton.jit
+def _slot_attention_bwd_slots_strided_kernel(
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qk, stride_qh, stride_qd,
+    stride_kb, stride_kk, stride_kh, stride_kd,
+    stride_vb, stride_vk, stride_vh, stride_vd,
+    stride_ktb, stride_ktl, stride_kth, stride_ktd,
+    stride_vtb, stride_vtl, stride_vth, stride_vtd,
+    stride_gb, stride_gk, stride_gh, stride_gd,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    _bwd_slots(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr,
+               dq_ptr, dk_ptr, dv_ptr,
+               stride_qb, stride_qk, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
+               stride_vb, stride_vk, stride_vh, stride_vd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
+               stride_vtb, stride_vtl, stride_vth, stride_vtd, stride_gb, stride_gk, stride_gh, stride_gd,
+               H, K, L, D, scale_hi, scale_lo,
+               HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+
+
+@triton.jit
+def _slot_attention_bwd_slots_contiguous_kernel(
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = H * D
+    slots = tl.cast(K, tl.int64) * row
+    tokens = tl.cast(L, tl.int64) * row
+    _bwd_slots(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr,
+               dq_ptr, dk_ptr, dv_ptr,
+               slots, row, D, 1, slots, row, D, 1, slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1,
+               slots, row, D, 1, H, K, L, D, scale_hi, scale_lo,
+               HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+
+
+@triton.jit
+def _slot_attention_bwd_tokens_strided_kernel(
+    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+    stride_qb, stride_qk, stride_qh, stride_qd,
+    stride_ktb, stride_ktl, stride_kth, stride_ktd,
+    stride_vtb, stride_vtl, stride_vth, stride_vtd,
+    stride_gb, stride_gk, stride_gh, stride_gd,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    _bwd_tokens(q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+                stride_qb, stride_qk, stride_qh, stride_qd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
+                stride_vtb, stride_vtl, stride_vth, stride_vtd, stride_gb, stride_gk, stride_gh, stride_gd,
+                H, K, L, D, scale_hi, scale_lo,
+                HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K, BLOCK_D)
+
+
+@triton.jit
+def _slot_attention_bwd_tokens_contiguous_kernel(
+    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+    H, K, L, D, scale_hi, scale_lo,
+    HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = H * D
+    slots = tl.cast(K, tl.int64) * row
+    tokens = tl.cast(L, tl.int64) * row
+    _bwd_tokens(q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+                slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1, slots, row, D, 1,
+                H, K, L, D, scale_hi, scale_lo,
+                HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K, BLOCK_D)
 
 
 # ----------------------------------------------------------------------------------------
@@ -286,12 +380,16 @@ class _Tiles(NamedTuple):
 def _tile_caps(block_d: int, elem_size: int) -> tuple[int, int, int, int]:
     """(max rows, max streamed rows, warps, stages) for rows of `block_d` elements.
 
-    Sized from sm_90 builds (ptxas register and spill counts, D from 1 to 256) so that the
-    kernels do not spill, except for float64 at D > 128 and head dims above 128 that are
-    not multiples of 16 (their loads go element by element). 16-bit inputs run tensor-core
-    MMAs with float32 accumulators; float32 (IEEE: FMA, not TF32 tensor cores) and float64
-    keep dot operands in registers and need smaller tiles.
+    Sized from sm_90 builds (ptxas register and spill counts, D from 1 to 256). 16-bit
+    inputs run tensor-core MMAs with float32 accumulators; float32 (IEEE: FMA, not TF32
+    tensor cores) keeps dot operands in registers and needs smaller tiles; float64's
+    broadcast product [rows, BLOCK_D, stream] is held to 4096 elements.
     """
+    if elem_size == 8:
+        tile = 16
+        while tile > 1 and tile * tile * block_d > 4096:
+            tile //= 2
+        return tile, tile, 8, 1
     if elem_size == 2:
         if block_d <= 64:
             return 64, 64, 4, 3
@@ -305,20 +403,22 @@ def _tile_caps(block_d: int, elem_size: int) -> tuple[int, int, int, int]:
     return 16, 16, 8, 2
 
 
+@functools.lru_cache(maxsize=1024)
 def _tiles(n_rows: int, n_stream: int, batch_heads: int, head_dim: int, elem_size: int,
            share: int = 1) -> _Tiles:
-    """Block sizes as a pure function of the shape.
+    """Block sizes as a pure function of the shape, computed once per shape.
 
     Deliberately not triton.autotune: a timing-based choice can differ between processes,
     and the streamed block size fixes the summation order, so it would break bitwise
     reproducibility. `share` divides both tiles for kernels that carry more per row.
     """
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     max_rows, max_stream, num_warps, num_stages = _tile_caps(block_d, elem_size)
-    block_rows = min(max(16, max_rows // share), max(16, triton.next_power_of_2(n_rows)))
-    while block_rows > 16 and batch_heads * triton.cdiv(n_rows, block_rows) < _TARGET_PROGRAMS:
+    floor = 1 if elem_size == 8 else 16  # tl.dot needs every side >= 16; float64 has no tl.dot
+    block_rows = min(max(floor, max_rows // share), max(floor, next_power_of_2(n_rows)))
+    while block_rows > 16 and batch_heads * cdiv(n_rows, block_rows) < _TARGET_PROGRAMS:
         block_rows //= 2
-    block_stream = min(max(16, max_stream // share), max(16, triton.next_power_of_2(n_stream)))
+    block_stream = min(max(floor, max_stream // share), max(floor, next_power_of_2(n_stream)))
     return _Tiles(block_rows, block_stream, block_d, num_warps, num_stages)
 
 
@@ -332,19 +432,29 @@ def _empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _mask_args(key_padding_mask, like):
-    """(pointer tensor, stride over batch, stride over tokens) for the kernels' key padding mask."""
+def _mask_arg(key_padding_mask, like):
+    """The (B, L) mask as contiguous bytes (bool and uint8 share a layout; the kernels compare
+    with 0), or any pointer when there is no mask."""
     if key_padding_mask is None:
-        return like, 0, 0
-    if like.dtype == torch.float64:
-        # Triton sizes a dot's register operand by the narrowest load feeding it (the mask
-        # reaches P through the -inf select) and cannot lower float64 MMA operands sized
-        # from 8-bit loads: give it a 64-bit copy of the small (B, L) mask instead.
-        mask = key_padding_mask.to(torch.int64)
-    else:
-        # bool and uint8 share a byte layout; Triton loads the bytes and compares with 0.
-        mask = key_padding_mask.view(torch.uint8)
-    return mask, mask.stride(0), mask.stride(1)
+        return like
+    return key_padding_mask.contiguous().view(torch.uint8)
+
+
+def _launch(variants, contiguous: bool, grid: int, pointers, strided_inputs, shape_and_scale, has_mask: bool,
+            blocks: dict, tiles: _Tiles, dtype: torch.dtype):
+    dt = numerics(dtype)
+    strides = () if contiguous else tuple(s for t in strided_inputs for s in t.stride())
+    variants[contiguous][(check_grid(grid),)](
+        *pointers, *strides, *shape_and_scale,
+        HAS_MASK=has_mask, ACC_DTYPE=dt.acc_tl, USE_TL_DOT=dtype != torch.float64, DOT_PRECISION=dt.dot_precision,
+        BASE2=dtype != torch.float64, BLOCK_D=tiles.block_d, **blocks,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
+
+
+_FORWARD = (_slot_attention_fwd_strided_kernel, _slot_attention_fwd_contiguous_kernel)
+_BACKWARD_SLOTS = (_slot_attention_bwd_slots_strided_kernel, _slot_attention_bwd_slots_contiguous_kernel)
+_BACKWARD_TOKENS = (_slot_attention_bwd_tokens_strided_kernel, _slot_attention_bwd_tokens_contiguous_kernel)
 
 
 def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale: float):
@@ -355,64 +465,46 @@ def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale: float
     """
     B, K, H, D = q.shape
     L = k_tok.shape[1]
-    acc_dtype, tl_acc, precision = numerics(q.dtype)
     out = _empty((B, K, H, D), q.dtype, q.device)
-    lse = _empty((B, H, K), acc_dtype, q.device)
-    mask, stride_mb, stride_ml = _mask_args(key_padding_mask, q)
+    lse = _empty((B, H, K), numerics(q.dtype).acc_torch, q.device)
     tiles = _tiles(K, L, B * H, D, q.element_size())
-    grid = (triton.cdiv(K, tiles.block_rows) * B * H,)
+    inputs = (q, k, v, k_tok, v_tok)
     with on_device(q):
-        _slot_attention_fwd_kernel[grid](
-            q, k, v, k_tok, v_tok, mask, out, lse,
-            *q.stride(), *k.stride(), *v.stride(), *k_tok.stride(), *v_tok.stride(),
-            stride_mb, stride_ml,
-            H, K, L, D, float(scale),
-            HAS_MASK=key_padding_mask is not None, ACC_DTYPE=tl_acc, DOT_PRECISION=precision,
-            BLOCK_K=tiles.block_rows, BLOCK_L=tiles.block_stream, BLOCK_D=tiles.block_d,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-        )
+        _launch(_FORWARD, all(t.is_contiguous() for t in inputs), cdiv(K, tiles.block_rows) * B * H,
+                (*inputs, _mask_arg(key_padding_mask, q), out, lse), inputs,
+                (H, K, L, D, *kernel_scale(scale, q.dtype)), key_padding_mask is not None,
+                dict(BLOCK_K=tiles.block_rows, BLOCK_L=tiles.block_stream), tiles, q.dtype)
     return out, lse
 
 
 def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale: float):
     """Gradients of :func:`slot_attention_forward`: ``dq, dk, dv, dk_tok, dv_tok``.
 
-    ``out`` and ``lse`` are the forward's results. Padding tokens get zero gradients.
+    ``lse`` is the forward's; ``out`` is unused (delta comes from the recomputed
+    probabilities, see the module docstring). Padding tokens get zero gradients.
     """
     B, K, H, D = q.shape
     L = k_tok.shape[1]
-    acc_dtype, tl_acc, precision = numerics(q.dtype)
-    dq = _empty((B, K, H, D), q.dtype, q.device)
-    dk = _empty((B, K, H, D), q.dtype, q.device)
-    dv = _empty((B, K, H, D), q.dtype, q.device)
-    dk_tok = _empty((B, L, H, D), q.dtype, q.device)
-    dv_tok = _empty((B, L, H, D), q.dtype, q.device)
-    delta = _empty((B, H, K), acc_dtype, q.device)
-    mask, stride_mb, stride_ml = _mask_args(key_padding_mask, q)
+    dq, dk, dv = (_empty((B, K, H, D), q.dtype, q.device) for _ in range(3))
+    dk_tok, dv_tok = (_empty((B, L, H, D), q.dtype, q.device) for _ in range(2))
+    delta = _empty((B, H, K), numerics(q.dtype).acc_torch, q.device)
+    lse = lse.contiguous()
+    mask = _mask_arg(key_padding_mask, q)
     has_mask = key_padding_mask is not None
     slot_tiles = _tiles(K, L, B * H, D, q.element_size())
     # The token kernel carries two accumulators per row (dk_tok, dv_tok): halve its tiles.
     token_tiles = _tiles(L, K, B * H, D, q.element_size(), share=2)
+    shape_and_scale = (H, K, L, D, *kernel_scale(scale, q.dtype))
+    slot_inputs = (q, k, v, k_tok, v_tok, dout)
+    contiguous = all(t.is_contiguous() for t in slot_inputs)
     with on_device(q):
         # Writes delta, which the token kernel reads: the two launches are stream-ordered.
-        _slot_attention_bwd_slots_kernel[(triton.cdiv(K, slot_tiles.block_rows) * B * H,)](
-            q, k, v, k_tok, v_tok, mask, out, dout, lse,
-            delta, dq, dk, dv,
-            *q.stride(), *k.stride(), *v.stride(), *k_tok.stride(), *v_tok.stride(),
-            stride_mb, stride_ml, *out.stride(), *dout.stride(), *lse.stride(),
-            H, K, L, D, float(scale),
-            HAS_MASK=has_mask, ACC_DTYPE=tl_acc, DOT_PRECISION=precision,
-            BLOCK_K=slot_tiles.block_rows, BLOCK_L=slot_tiles.block_stream, BLOCK_D=slot_tiles.block_d,
-            num_warps=slot_tiles.num_warps, num_stages=slot_tiles.num_stages,
-        )
-        _slot_attention_bwd_tokens_kernel[(triton.cdiv(L, token_tiles.block_rows) * B * H,)](
-            q, k_tok, v_tok, mask, dout, lse, delta,
-            dk_tok, dv_tok,
-            *q.stride(), *k_tok.stride(), *v_tok.stride(),
-            stride_mb, stride_ml, *dout.stride(), *lse.stride(),
-            H, K, L, D, float(scale),
-            HAS_MASK=has_mask, ACC_DTYPE=tl_acc, DOT_PRECISION=precision,
-            BLOCK_L=token_tiles.block_rows, BLOCK_K=token_tiles.block_stream, BLOCK_D=token_tiles.block_d,
-            num_warps=token_tiles.num_warps, num_stages=token_tiles.num_stages,
-        )
+        _launch(_BACKWARD_SLOTS, contiguous, cdiv(K, slot_tiles.block_rows) * B * H,
+                (q, k, v, k_tok, v_tok, mask, dout, lse, delta, dq, dk, dv), slot_inputs, shape_and_scale,
+                has_mask, dict(BLOCK_K=slot_tiles.block_rows, BLOCK_L=slot_tiles.block_stream), slot_tiles, q.dtype)
+        token_inputs = (q, k_tok, v_tok, dout)
+        _launch(_BACKWARD_TOKENS, contiguous, cdiv(L, token_tiles.block_rows) * B * H,
+                (q, k_tok, v_tok, mask, dout, lse, delta, dk_tok, dv_tok), token_inputs, shape_and_scale,
+                has_mask, dict(BLOCK_L=token_tiles.block_rows, BLOCK_K=token_tiles.block_stream), token_tiles,
+                q.dtype)
     return dq, dk, dv, dk_tok, dv_tok

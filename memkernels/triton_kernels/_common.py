@@ -1,0 +1,94 @@
+"""Triton pieces shared by the attention kernels: tile loads and stores, the matrix product
+that also serves float64, and the online-softmax step.
+
+Scores are kept in base 2 for 16- and 32-bit inputs (the launcher folds log2(e) into the
+scale, so every exponential is one ex2 instruction) and in base e for float64, whose exp2
+NVIDIA's LLVM backend does not lower; `BASE2` selects, and the saved log-sum-exp is always
+natural.
+"""
+import triton
+import triton.language as tl
+
+LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def tile_ptrs(base_ptr, rows, stride_row, cols, stride_col):
+    # [len(rows), len(cols)] pointers; int64 offsets, as B*L*H*D may exceed 2**31 elements.
+    return base_ptr + rows.to(tl.int64)[:, None] * stride_row + cols.to(tl.int64)[None, :] * stride_col
+
+
+@triton.jit
+def load_tile(base_ptr, rows, n_rows, stride_row, cols, n_cols, stride_col):
+    # [len(rows), len(cols)]; elements outside [n_rows, n_cols] read as 0 so they add nothing to products.
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return tl.load(tile_ptrs(base_ptr, rows, stride_row, cols, stride_col), mask=mask, other=0.0)
+
+
+@triton.jit
+def store_tile(base_ptr, rows, n_rows, stride_row, cols, n_cols, value):
+    # Outputs are allocated contiguous along their last dim.
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    tl.store(tile_ptrs(base_ptr, rows, stride_row, cols, 1), value.to(base_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def mm(a, b, acc, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # acc [M, N] + a [M, R] @ b [R, N]
+    if USE_TL_DOT:
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=acc.dtype)
+    else:
+        # float64: NVIDIA targets do not lower every float64 tl.dot, while a broadcast product
+        # summed over R compiles everywhere (float64 serves gradcheck, not speed).
+        acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    return acc
+
+
+@triton.jit
+def exp(x, BASE2: tl.constexpr):
+    if BASE2:
+        return tl.exp2(x)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def natural_lse(m, l, BASE2: tl.constexpr):
+    # log-sum-exp in base e of scores kept in base 2 (or e) with running max m and sum l.
+    if BASE2:
+        return (m + tl.log2(l)) * LN2
+    else:
+        return m + tl.log(l)
+
+
+@triton.jit
+def to_score_units(lse, BASE2: tl.constexpr):
+    # A saved natural log-sum-exp in the units of the scores.
+    if BASE2:
+        return lse * LOG2E
+    else:
+        return lse
+
+
+@triton.jit
+def grad_scale(scale, BASE2: tl.constexpr):
+    # The score scale in natural units, by which dS turns into dq and dk.
+    if BASE2:
+        return scale * LN2
+    else:
+        return scale
+
+
+@triton.jit
+def online_softmax_step(s, m_i, BASE2: tl.constexpr):
+    """One block of scores s [ROWS, COLS] (-inf where masked) against the running max m_i
+    [ROWS]: returns (m_new, alpha, p) with p = exp(s - m_new) and alpha the factor that
+    rescales the running sum and accumulator."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # A row with nothing finite yet keeps m_new = -inf: measuring from 0 instead keeps
+    # exp(-inf - -inf) from turning it into NaN (its p and alpha come out 0 and 1 or 0).
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = exp(m_i - m_ref, BASE2)
+    p = exp(s - m_ref[:, None], BASE2)
+    return m_new, alpha, p
