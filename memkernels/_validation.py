@@ -68,12 +68,16 @@ def resolve_scale(op: str, scale, head_dim: int) -> float:
     """`scale` defaults to head_dim ** -0.5; any given value must be a finite real number."""
     if scale is None:
         return head_dim ** -0.5
+    if type(scale) is float and -math.inf < scale < math.inf:  # the common case, cheaply
+        return scale
     if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(scale):
         raise ValueError(f"{op}: scale must be a finite real number or None, got {scale!r}")
     return float(scale)
 
 
 def check_positive(op: str, name: str, value) -> float:
+    if type(value) is float and 0.0 < value < math.inf:  # the common case, cheaply
+        return value
     if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{op}: {name} must be a finite number > 0, got {value!r}")
     return float(value)

@@ -131,6 +131,19 @@ def select(op: str, requested: str, device: torch.device, dtype: torch.dtype, he
     return _select(op, requested, device.type, dtype, head_dim)
 
 
+@functools.lru_cache(maxsize=None)
+def resolve(op: str, requested: str, device_type: str, dtype: torch.dtype, head_dim: int | None):
+    """(backend, module of its `<op>_forward` / `<op>_backward`) in one cached lookup: the eager
+    fast path of the public ops. Raises as `select` does."""
+    backend = _select(op, requested, device_type, dtype, head_dim)
+    return backend, kernels(op, backend)
+
+
+def device_type_of(t: torch.Tensor) -> str:
+    """t.device.type, without building a torch.device for the common case."""
+    return "cuda" if t.is_cuda else t.device.type
+
+
 def auto_order(device_type: str) -> tuple[str, ...]:
     """The backends `"auto"` tries, in order, for tensors on this device type."""
     return capabilities.auto_order(device_type)
@@ -152,3 +165,4 @@ def clear_cache() -> None:
     """Forget every availability decision (after the environment changed)."""
     _why_unavailable.cache_clear()
     _select.cache_clear()
+    resolve.cache_clear()

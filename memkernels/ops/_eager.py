@@ -26,6 +26,3 @@ def fast_path_allowed(tensors: tuple) -> bool:
         or _functorch.peek_interpreter_stack() is not None
     )
 
-
-def needs_grad(tensors: tuple) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -15,7 +15,7 @@ from torch.autograd.function import once_differentiable
 
 from memkernels import dispatch
 from memkernels._validation import FLOATING_DTYPES, check_like, check_positive, check_statistic, check_tensors
-from memkernels.ops._eager import fast_path_allowed, needs_grad
+from memkernels.ops._eager import fast_path_allowed
 from memkernels.reference import accumulation_dtype
 
 OP = "memory_norm"
@@ -25,8 +25,11 @@ OP = "memory_norm"
 
 
 def _check_inputs(m, bias) -> None:
-    ok = (isinstance(m, Tensor) and isinstance(bias, Tensor) and m.dim() == 3 and m.shape[1:] == bias.shape
+    ok = (isinstance(m, Tensor) and isinstance(bias, Tensor) and m.dim() == 3 and bias.dim() == 2
           and m.numel() > 0 and m.dtype in FLOATING_DTYPES and m.dtype == bias.dtype and m.device == bias.device)
+    if ok:
+        _, slots, width = m.shape
+        ok = bias.shape == (slots, width)
     if not ok:
         check_tensors(OP, {"m": (m, "BKW"), "bias": (bias, "KW")})
 
@@ -133,10 +136,9 @@ def memory_norm(m: Tensor, bias: Tensor, *, eps: float = 1e-12, backend: str = "
     """
     _check_inputs(m, bias)
     eps = check_positive(OP, "eps", eps)
-    backend = _backend(backend, m)
     if not fast_path_allowed((m, bias)):
-        return torch.ops.memkernels.memory_norm(m, bias, eps, backend)[0]
-    kernels = dispatch.kernels(OP, backend)
-    if needs_grad((m, bias)):
+        return torch.ops.memkernels.memory_norm(m, bias, eps, _backend(backend, m))[0]
+    _, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(m), m.dtype, None)
+    if torch.is_grad_enabled() and (m.requires_grad or bias.requires_grad):
         return _MemoryNorm.apply(m, bias, eps, kernels)
     return kernels.memory_norm_forward(m, bias, eps)[0]

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from memkernels import dispatch
 from memkernels._validation import FLOATING_DTYPES, check_like, check_statistic, check_tensors, resolve_scale
-from memkernels.ops._eager import fast_path_allowed, needs_grad
+from memkernels.ops._eager import fast_path_allowed
 from memkernels.reference import accumulation_dtype
 
 OP = "memory_read"
@@ -29,9 +29,12 @@ OP = "memory_read"
 
 def _check_inputs(q, k, v) -> None:
     ok = (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
-          and q.dim() == 4 and k.dim() == 4 and k.shape == v.shape
-          and q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:] and q.numel() > 0 and k.numel() > 0
+          and q.dim() == 4 and k.dim() == 4 and q.numel() > 0 and k.numel() > 0
           and q.dtype in FLOATING_DTYPES and q.dtype == k.dtype == v.dtype and q.device == k.device == v.device)
+    if ok:
+        batch, _, heads, head_dim = q.shape
+        kshape = k.shape
+        ok = v.shape == kshape and kshape[0] == batch and kshape[2] == heads and kshape[3] == head_dim
     if not ok:
         check_tensors(OP, {"q": (q, "BLHD"), "k": (k, "BKHD"), "v": (v, "BKHD")})
 
@@ -140,11 +143,11 @@ def memory_read(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, 
     (first order: the backward has no derivative of its own).
     """
     _check_inputs(q, k, v)
-    scale = resolve_scale(OP, scale, q.shape[-1])
-    backend = _backend(backend, q)
+    head_dim = q.shape[-1]
+    scale = resolve_scale(OP, scale, head_dim)
     if not fast_path_allowed((q, k, v)):
-        return torch.ops.memkernels.memory_read(q, k, v, scale, backend)[0]
-    kernels = dispatch.kernels(OP, backend)
-    if needs_grad((q, k, v)):
+        return torch.ops.memkernels.memory_read(q, k, v, scale, _backend(backend, q))[0]
+    _, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(q), q.dtype, head_dim)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return _MemoryRead.apply(q, k, v, scale, kernels)
     return kernels.memory_read_forward(q, k, v, scale)[0]

@@ -25,7 +25,7 @@ from memkernels._validation import (
     check_tensors,
     resolve_scale,
 )
-from memkernels.ops._eager import fast_path_allowed, needs_grad
+from memkernels.ops._eager import fast_path_allowed
 from memkernels.reference import accumulation_dtype
 
 OP = "slot_attention"
@@ -37,14 +37,17 @@ OP = "slot_attention"
 def _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask) -> None:
     ok = (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
           and isinstance(k_tok, Tensor) and isinstance(v_tok, Tensor)
-          and q.dim() == 4 and k_tok.dim() == 4 and q.shape == k.shape == v.shape and k_tok.shape == v_tok.shape
-          and q.shape[0] == k_tok.shape[0] and q.shape[2:] == k_tok.shape[2:]
-          and q.numel() > 0 and k_tok.numel() > 0 and q.dtype in FLOATING_DTYPES
-          and q.dtype == k.dtype == v.dtype == k_tok.dtype == v_tok.dtype
-          and q.device == k.device == v.device == k_tok.device == v_tok.device
-          and (key_padding_mask is None
-               or (isinstance(key_padding_mask, Tensor) and key_padding_mask.dtype == torch.bool
-                   and key_padding_mask.shape == k_tok.shape[:2] and key_padding_mask.device == q.device)))
+          and q.dim() == 4 and k_tok.dim() == 4 and q.numel() > 0 and k_tok.numel() > 0
+          and q.dtype in FLOATING_DTYPES and q.dtype == k.dtype == v.dtype == k_tok.dtype == v_tok.dtype
+          and q.device == k.device == v.device == k_tok.device == v_tok.device)
+    if ok:
+        batch, _, heads, head_dim = qshape = q.shape
+        tshape = k_tok.shape
+        ok = (k.shape == qshape and v.shape == qshape and v_tok.shape == tshape
+              and tshape[0] == batch and tshape[2] == heads and tshape[3] == head_dim
+              and (key_padding_mask is None
+                   or (isinstance(key_padding_mask, Tensor) and key_padding_mask.dtype == torch.bool
+                       and key_padding_mask.shape == tshape[:2] and key_padding_mask.device == q.device)))
     if not ok:
         check_tensors(OP, {
             "q": (q, "BKHD"), "k": (k, "BKHD"), "v": (v, "BKHD"),
@@ -168,12 +171,14 @@ def slot_attention(
     tensors; masked tokens receive zero gradient.
     """
     _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask)
-    scale = resolve_scale(OP, scale, q.shape[-1]) / check_positive(OP, "tau", tau)
-    backend = _backend(backend, q)
+    head_dim = q.shape[-1]
+    scale = resolve_scale(OP, scale, head_dim) / check_positive(OP, "tau", tau)
     tensors = (q, k, v, k_tok, v_tok)
     if not fast_path_allowed(tensors):
-        return torch.ops.memkernels.slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)[0]
-    kernels = dispatch.kernels(OP, backend)
-    if needs_grad(tensors):
+        return torch.ops.memkernels.slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale,
+                                                   _backend(backend, q))[0]
+    _, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(q), q.dtype, head_dim)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                    or k_tok.requires_grad or v_tok.requires_grad):
         return _SlotAttention.apply(q, k, v, k_tok, v_tok, key_padding_mask, scale, kernels)
     return kernels.slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale)[0]
