@@ -1,20 +1,26 @@
-"""Float64 formulas for the three ops, written independently of memkernels.
+"""The three ops' formulas, written independently of memkernels.
 
-Every test compares the package against these: plain einsum/softmax in float64,
-differentiated by autograd, sharing no code with `memkernels.reference`.
+Every test compares the package against these: plain einsum/softmax differentiated by
+autograd, sharing no code with `memkernels.reference`. `dtype` is the arithmetic: float64
+by default (the exact answer), or the inputs' own dtype for the naive same-precision
+computation the tolerance policy in tests/tolerance.py measures kernels against.
 """
 import torch
 
 
-def memory_read(q, k, v, scale):
-    q, k, v = (t.double() for t in (q, k, v))
+def _cast(tensors, dtype):
+    return [t.to(dtype) for t in tensors]
+
+
+def memory_read(q, k, v, scale, dtype=torch.float64):
+    q, k, v = _cast((q, k, v), dtype)
     s = torch.einsum("blhd,bkhd->bhlk", q, k) * scale
     p = torch.softmax(s, dim=-1)
     return torch.einsum("bhlk,bkhd->blhd", p, v)
 
 
-def slot_attention(q, k, v, k_tok, v_tok, tau, scale, key_padding_mask=None):
-    q, k, v, k_tok, v_tok = (t.double() for t in (q, k, v, k_tok, v_tok))
+def slot_attention(q, k, v, k_tok, v_tok, tau, scale, key_padding_mask=None, dtype=torch.float64):
+    q, k, v, k_tok, v_tok = _cast((q, k, v, k_tok, v_tok), dtype)
     c = scale / tau
     s_self = torch.einsum("bkhd,bkhd->bhk", q, k).unsqueeze(-1) * c
     s_tok = torch.einsum("bkhd,blhd->bhkl", q, k_tok) * c
@@ -25,9 +31,10 @@ def slot_attention(q, k, v, k_tok, v_tok, tau, scale, key_padding_mask=None):
     return out + torch.einsum("bhkl,blhd->bkhd", p[..., 1:], v_tok)
 
 
-def memory_norm(m, bias, eps):
+def memory_norm(m, bias, eps, dtype=torch.float64):
     # max(||x||, eps) as sqrt(max(||x||^2, eps^2)): the same value, and a row that is exactly
     # zero (bfloat16 rounds m = -bias + 1e-4 to that) gets the clamp's zero gradient instead
     # of autograd's 0 * inf = NaN through sqrt at 0.
-    x = m.double() + bias.double()
+    m, bias = _cast((m, bias), dtype)
+    x = m + bias
     return x / torch.sqrt(torch.clamp((x * x).sum(-1, keepdim=True), min=eps * eps))

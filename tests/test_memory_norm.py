@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 import formulas
 import memkernels
-from utils import DEVICE, assert_close, backends_for, dtypes_for_device, grads
+from tolerance import assert_matches, reference_pair
+from utils import DEVICE, backends_for, dtypes_for_device, grads
 
 # (B, K, W): odd widths, K = 1, B = 1.
 SHAPES = [(3, 5, 40), (1, 1, 7), (2, 9, 100), (4, 3, 512)]
@@ -25,12 +26,13 @@ def _inputs(shape, dtype, transposed=False):
 def test_forward_and_gradients_match_float64(backend, shape, dtype):
     m, bias = _inputs(shape, dtype, transposed=shape[0] > 2)
     out = memkernels.memory_norm(m, bias, backend=backend)
-    expected = formulas.memory_norm(m, bias, 1e-12)
     assert out.shape == m.shape and out.dtype == dtype
-    assert_close(out, expected, dtype)
     grad_out = torch.randn_like(out)
-    for got, want in zip(grads(out, (m, bias), grad_out), grads(expected, (m, bias), grad_out.double())):
-        assert_close(got, want, dtype, scale=4)
+    (exact, exact_grads), (naive, naive_grads) = reference_pair(formulas.memory_norm, (m, bias), grad_out,
+                                                                eps=1e-12)
+    assert_matches("out", out, exact, naive, dtype)
+    for name, *results in zip(("dm", "dbias"), grads(out, (m, bias), grad_out), exact_grads, naive_grads):
+        assert_matches(name, *results, dtype)
 
 
 @pytest.mark.parametrize("backend", backends_for(torch.float32))
@@ -40,12 +42,13 @@ def test_equals_normalize_of_sum_including_clamped_rows(backend):
         m[1, 2] = -bias[2] + 1e-4  # norm ~3e-4 < eps: the row is divided by eps
     eps = 1e-2
     out = memkernels.memory_norm(m, bias, eps=eps, backend=backend)
-    m_ref, bias_ref = (t.detach().clone().requires_grad_() for t in (m, bias))
-    expected = F.normalize(m_ref + bias_ref, dim=-1, eps=eps)
-    assert_close(out, expected, torch.float32)
+    # F.normalize itself, in float64 (exact) and in float32 (the naive computation)
     grad_out = torch.randn_like(out)
-    for got, want in zip(grads(out, (m, bias), grad_out), grads(expected, (m_ref, bias_ref), grad_out)):
-        assert_close(got, want, torch.float32, scale=10)
+    (exact, exact_grads), (naive, naive_grads) = reference_pair(
+        lambda m, bias, dtype: F.normalize(m + bias, dim=-1, eps=eps), (m, bias), grad_out)
+    assert_matches("out", out, exact, naive, torch.float32)
+    for name, *results in zip(("dm", "dbias"), grads(out, (m, bias), grad_out), exact_grads, naive_grads):
+        assert_matches(name, *results, torch.float32)
 
 
 @pytest.mark.parametrize("backend", backends_for(torch.float64))
@@ -59,7 +62,8 @@ def test_batch_broadcast_input(backend):
     _, bias = _inputs((1, 4, 24), torch.float32)
     zero = torch.zeros(1, 4, 24, device=DEVICE).expand(3, -1, -1)
     out = memkernels.memory_norm(zero, bias, backend=backend)
-    assert_close(out, formulas.memory_norm(zero, bias, 1e-12), torch.float32)
+    exact, naive = (formulas.memory_norm(zero, bias, 1e-12, dtype=d) for d in (torch.float64, torch.float32))
+    assert_matches("out", out, exact, naive, torch.float32)
 
 
 @pytest.mark.parametrize("backend", backends_for(torch.float32))

@@ -4,7 +4,8 @@ import torch
 
 import formulas
 import memkernels
-from utils import assert_close, backends_for, dtypes_for_device, grads, rand
+from tolerance import assert_matches, reference_pair
+from utils import backends_for, dtypes_for_device, grads, rand
 
 # (B, L, K, H, D): odd sizes, K = 1, L = 1, non-power-of-two head dims.
 SHAPES = [(2, 13, 7, 3, 24), (1, 1, 5, 2, 16), (2, 9, 1, 1, 8), (1, 6, 37, 2, 48), (2, 3, 4, 1, 80)]
@@ -24,12 +25,13 @@ def test_forward_and_gradients_match_float64(backend, shape, dtype):
     q, k, v = _inputs(shape, dtype, transposed=shape[0] == 2)
     scale = 0.37
     out = memkernels.memory_read(q, k, v, scale=scale, backend=backend)
-    expected = formulas.memory_read(q, k, v, scale)
     assert out.shape == q.shape and out.dtype == dtype
-    assert_close(out, expected, dtype)
     grad_out = torch.randn_like(out)
-    for got, want in zip(grads(out, (q, k, v), grad_out), grads(expected, (q, k, v), grad_out.double())):
-        assert_close(got, want, dtype, scale=4)
+    (exact, exact_grads), (naive, naive_grads) = reference_pair(formulas.memory_read, (q, k, v), grad_out,
+                                                                scale=scale)
+    assert_matches("out", out, exact, naive, dtype)
+    for name, *results in zip(("dq", "dk", "dv"), grads(out, (q, k, v), grad_out), exact_grads, naive_grads):
+        assert_matches(name, *results, dtype)
 
 
 @pytest.mark.parametrize("backend", backends_for(torch.float64))
@@ -43,8 +45,8 @@ def test_gradcheck_float64(backend):
 @pytest.mark.parametrize("backend", backends_for(torch.float32))
 def test_default_scale_is_inverse_sqrt_head_dim(backend):
     q, k, v = _inputs((1, 4, 3, 2, 12), torch.float32)
-    assert_close(memkernels.memory_read(q, k, v, backend=backend), formulas.memory_read(q, k, v, 12 ** -0.5),
-                 torch.float32)
+    exact, naive = (formulas.memory_read(q, k, v, 12 ** -0.5, dtype=d) for d in (torch.float64, torch.float32))
+    assert_matches("out", memkernels.memory_read(q, k, v, backend=backend), exact, naive, torch.float32)
 
 
 @pytest.mark.parametrize("backend", backends_for(torch.float32))

@@ -4,7 +4,8 @@ import torch
 
 import formulas
 import memkernels
-from utils import DEVICE, assert_close, backends_for, dtypes_for_device, grads, rand
+from tolerance import assert_matches, reference_pair
+from utils import DEVICE, backends_for, dtypes_for_device, grads, rand
 
 # (B, K, L, H, D): odd sizes, K = 1, L = 1, non-power-of-two head dims.
 SHAPES = [(2, 7, 13, 3, 24), (1, 1, 5, 2, 16), (2, 5, 1, 1, 8), (1, 6, 37, 2, 48), (2, 3, 4, 1, 80)]
@@ -31,14 +32,16 @@ def test_forward_and_gradients_match_float64(backend, shape, dtype, masked):
     inputs = _inputs(shape, dtype, transposed=shape[0] == 2)
     mask = _random_mask(shape[0], shape[2]) if masked else None
     out = memkernels.slot_attention(*inputs, tau=0.25, scale=0.3, key_padding_mask=mask, backend=backend)
-    expected = formulas.slot_attention(*inputs, tau=0.25, scale=0.3, key_padding_mask=mask)
     assert out.shape == inputs[0].shape and out.dtype == dtype
-    assert_close(out, expected, dtype)
+    grad_out = torch.randn_like(out)
+    (exact, exact_grads), (naive, naive_grads) = reference_pair(
+        formulas.slot_attention, inputs, grad_out, tau=0.25, scale=0.3, key_padding_mask=mask)
+    assert_matches("out", out, exact, naive, dtype)
     if masked:
         assert torch.equal(out[0], inputs[2][0].detach()), "all-masked slots must keep their own value"
-    grad_out = torch.randn_like(out)
-    for got, want in zip(grads(out, inputs, grad_out), grads(expected, inputs, grad_out.double())):
-        assert_close(got, want, dtype, scale=4)
+    names = ("dq", "dk", "dv", "dk_tok", "dv_tok")
+    for name, *results in zip(names, grads(out, inputs, grad_out), exact_grads, naive_grads):
+        assert_matches(name, *results, dtype)
     if masked:
         token_grads = grads(memkernels.slot_attention(*inputs, key_padding_mask=mask, backend=backend),
                             inputs[3:], grad_out)

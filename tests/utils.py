@@ -1,4 +1,10 @@
-"""Shared test helpers: devices, backends, random inputs and per-dtype tolerances."""
+"""Shared test helpers: devices, backends, random inputs, and the kernel-suite parameters.
+
+The kernel tests (tests/test_kernels_*.py) run each op's launchers directly, on every kernel
+backend that can run here: triton on the CPU under the interpreter (no bfloat16), triton
+on a GPU, and the CUDA extension on a GPU. They share signatures, so one test serves all.
+"""
+import importlib
 import os
 
 import pytest
@@ -7,14 +13,6 @@ import torch
 from memkernels import dispatch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-# (atol, rtol) against the float64 formulas.
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (2e-5, 2e-5),
-    torch.float16: (5e-3, 1e-2),
-    torch.bfloat16: (3e-2, 3e-2),
-}
 
 
 def backends_for(dtype):
@@ -32,54 +30,67 @@ def dtypes_for_device():
     return dtypes + [torch.bfloat16] if DEVICE.type == "cuda" else dtypes
 
 
-def rand(*shape, dtype=torch.float32, transposed=False, requires_grad=True):
+def rand(*shape, dtype=torch.float32, transposed=False, requires_grad=True, device=DEVICE):
     """Random tensor; `transposed` gives a (B, X, H, D) view of (B, H, X, D) storage."""
     if transposed:
         b, x, h, d = shape
-        t = torch.randn(b, h, x, d, device=DEVICE, dtype=dtype).transpose(1, 2)
+        t = torch.randn(b, h, x, d, device=device, dtype=dtype).transpose(1, 2)
     else:
-        t = torch.randn(*shape, device=DEVICE, dtype=dtype)
+        t = torch.randn(*shape, device=device, dtype=dtype)
     return t.requires_grad_(requires_grad)
-
-
-def assert_close(actual, expected, dtype, scale=1.0):
-    atol, rtol = TOLERANCES[dtype]
-    assert not torch.isnan(actual).any(), "output has NaN: some element was never written"
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol * scale)
 
 
 def grads(outputs, inputs, grad_out):
     return torch.autograd.grad(outputs, inputs, grad_out)
 
 
-# Triton kernel tests: CPU cases need the interpreter, CUDA cases a GPU (bfloat16 only there).
-_NO_INTERPRETER = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1",
-    reason="CPU tensors need the Triton interpreter (TRITON_INTERPRET=1), which tests/conftest.py sets "
-           "only without a GPU")
-_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-TRITON_DEVICE_DTYPES = [
-    *(pytest.param("cpu", dtype, marks=_NO_INTERPRETER, id=f"cpu-{str(dtype)[6:]}")
-      for dtype in (torch.float32, torch.float16, torch.float64)),
-    *(pytest.param("cuda", dtype, marks=_NO_CUDA, id=f"cuda-{str(dtype)[6:]}")
-      for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)),
-]
+# --------------------------------------------------------------------------- kernel suite
+
+_ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# (backend, device): the dtypes it runs, and why it cannot run here (None if it can).
+_KERNEL_TARGETS = {
+    ("triton", "cpu"): ((torch.float32, torch.float16, torch.float64),
+                        None if os.environ.get("TRITON_INTERPRET") == "1" else
+                        "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1), which tests/conftest.py "
+                        "sets only without a GPU"),
+    ("triton", "cuda"): (_ALL_DTYPES, None if torch.cuda.is_available() else "no CUDA GPU on this machine"),
+    ("cuda", "cuda"): ((torch.float32, torch.float16, torch.bfloat16),
+                       None if torch.cuda.is_available() and dispatch.cuda_extension_error() is None else
+                       dispatch.cuda_extension_error() or "no CUDA GPU on this machine"),
+}
 
 
-def poison_allocations(monkeypatch, module):
-    """Make a kernel module's `_empty` hand out NaN-filled buffers, so an element a kernel
-    forgets to write shows up as a NaN in the result."""
-    monkeypatch.setattr(module, "_empty", lambda shape, dtype, device: torch.full(
-        shape, float("nan"), dtype=dtype, device=device))
+def kernel_cases(dtypes=_ALL_DTYPES):
+    """pytest params (backend, device, dtype) for every kernel backend, skipped with a reason
+    where it cannot run here."""
+    params = []
+    for (backend, device), (supported, why_not) in _KERNEL_TARGETS.items():
+        for dtype in dtypes:
+            if dtype not in supported:
+                continue
+            marks = [pytest.mark.skip(reason=f"{backend} on {device}: {why_not}")] if why_not else []
+            params.append(pytest.param(backend, device, dtype, marks=marks,
+                                       id=f"{backend}-{device}-{str(dtype).removeprefix('torch.')}"))
+    return params
 
 
-def check_max_error(name, actual, expected, tol):
-    """Contiguous, finite (an unwritten poisoned element is NaN), and max |error| within
-    tol of the reference's max |value|, floored at 1 so an all-zero gradient (dq when
-    K = 1) is checked absolutely."""
-    assert actual.shape == expected.shape, name
-    assert actual.is_contiguous(), f"{name} is not contiguous"
-    assert torch.isfinite(actual).all(), f"{name} has non-finite values (unwritten output?)"
-    err = (actual.cpu().double() - expected).abs().max().item()
-    ref = max(expected.abs().max().item(), 1.0)
-    assert err <= tol * ref, f"{name}: max error {err:.3e} vs max |ref| {ref:.3e} (tol {tol:g})"
+def kernel_module(backend: str, op: str):
+    """The module with `<op>_forward` / `<op>_backward` of a kernel backend."""
+    if backend == "triton":
+        return importlib.import_module(f"memkernels.triton_kernels.{op}")
+    return importlib.import_module("memkernels.cuda_kernels")
+
+
+def poison_outputs(monkeypatch, backend: str, op: str, device: str):
+    """Make every buffer the kernels allocate start as NaN, so that an element a kernel forgets
+    to write shows up as a NaN in the result: the Triton launchers allocate through `_empty`;
+    the CUDA extension allocates from torch's caching allocator, whose cached blocks are
+    filled with NaN first."""
+    if backend == "triton":
+        monkeypatch.setattr(kernel_module(backend, op), "_empty", lambda shape, dtype, device: torch.full(
+            shape, float("nan"), dtype=dtype, device=device))
+    elif device == "cuda":
+        torch.cuda.empty_cache()
+        # Blocks of the small (<= 1 MiB requests) and the large pool, freed again at once.
+        blocks = [torch.full((n,), float("nan"), device="cuda") for n in [2**18] * 8 + [2**24]]
+        del blocks

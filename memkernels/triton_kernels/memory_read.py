@@ -8,12 +8,15 @@ block the loop runs once. The natural log-sum-exp is saved per row so the backwa
 rebuild P = exp(scale * q.k - lse) without storing a (B, H, L, K) tensor.
 
 Backward (no atomics, so gradients are bitwise reproducible):
-  1. per (L-block, b, h): delta = rowsum(P * dP) over all K, then dq = scale * dS k with
-     dS = P * (dP - delta), dP = dout . v; delta is written for step 2. delta comes from P
-     and dP in float32, not from rowsum(dout * out): the output is rounded to the input
-     dtype, and for a sharply peaked row that rounding alone was the whole bfloat16 dq
-     error (0.09 against a gradient of 0.1 on an H100). When K fits one block the scores
-     are computed once; otherwise a first pass over K finds delta.
+  1. per (L-block, b, h): P = exp(scale * q.k - lse) / rowsum(exp(...)) and
+     delta = rowsum(P * dP) over all K, then dq = scale * dS k with dS = P * (dP - delta),
+     dP = dout . v; delta and the row's normalisation are written for step 2. delta comes
+     from P and dP in float32, not from rowsum(dout * out): the output is rounded to the
+     input dtype, and for a sharply peaked row that rounding alone was the whole bfloat16
+     dq error (0.09 against a gradient of 0.1 on an H100). The normalisation makes each row
+     of P sum to 1, and of dS to 0, although P rebuilt from a float32 lse sums to 1 only
+     within ~3e-5 at scores of magnitude 500 (see reference._softmax_backward). When K fits
+     one block the scores are computed once; otherwise a first pass over K finds both.
   2. per (K-block, b, h), looping over L in order: dv = P^T dout, dk = scale * dS^T q.
 Every output element is written by exactly one program.
 
@@ -135,7 +138,7 @@ def _memory_read_fwd_contiguous_kernel(
 
 @triton.jit
 def _bwd_dq(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr,
     stride_qb, stride_ql, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
@@ -150,13 +153,15 @@ def _bwd_dq(
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     q = load_tile(q_ptr + b * stride_qb + h * stride_qh, rows, L, stride_ql, cols, D, stride_qd)  # [BLOCK_L, BLOCK_D]
     do = load_tile(dout_ptr + b * stride_gb + h * stride_gh, rows, L, stride_gl, cols, D, stride_gd)  # [BLOCK_L, BLOCK_D]
-    # lse and delta are (B, H, L) contiguous.
+    # lse, delta and p_scale are (B, H, L) contiguous.
     lse = to_score_units(tl.load(lse_ptr + bh * L + rows, mask=rows < L, other=0.0), BASE2)  # [BLOCK_L]
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
 
     delta = tl.zeros([BLOCK_L], ACC_DTYPE)  # [BLOCK_L]
-    if K > BLOCK_K:  # the second pass needs delta over every slot before its first block
+    p_scale = tl.full([BLOCK_L], 1.0, ACC_DTYPE)  # [BLOCK_L] 1 / rowsum of the rebuilt P
+    if K > BLOCK_K:  # the second pass needs both over every slot before its first block
+        p_sum = tl.zeros([BLOCK_L], ACC_DTYPE)  # [BLOCK_L]
         for k0 in range(0, K, BLOCK_K):
             slots = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
             kt = load_tile(k_base, slots, K, stride_kk, cols, D, stride_kd)  # [BLOCK_K, BLOCK_D]
@@ -165,6 +170,9 @@ def _bwd_dq(
                     - lse[:, None], BASE2)  # [BLOCK_L, BLOCK_K]
             dp = mm(do, tl.trans(vt), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
             delta += tl.sum(p * dp, axis=1)
+            p_sum += tl.sum(p, axis=1)
+        p_scale = 1.0 / p_sum
+        delta = delta * p_scale
 
     dq = tl.zeros([BLOCK_L, BLOCK_D], ACC_DTYPE)  # [BLOCK_L, BLOCK_D]
     for k0 in range(0, K, BLOCK_K):
@@ -174,19 +182,21 @@ def _bwd_dq(
         p = exp(_scores(q, kt, slots, K, scale, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION)
                 - lse[:, None], BASE2)  # [BLOCK_L, BLOCK_K]
         dp = mm(do, tl.trans(vt), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
-        if K <= BLOCK_K:  # one block: delta from the scores already at hand
-            delta = tl.sum(p * dp, axis=1)
-        ds = p * (dp - delta[:, None])  # [BLOCK_L, BLOCK_K]
+        if K <= BLOCK_K:  # one block: both from the scores already at hand
+            p_scale = 1.0 / tl.sum(p, axis=1)
+            delta = tl.sum(p * dp, axis=1) * p_scale
+        ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_L, BLOCK_K]
         dq = mm(ds.to(kt.dtype), kt, dq, USE_TL_DOT, DOT_PRECISION)
 
     # dq (B, L, H, D) is allocated contiguous.
     store_tile(dq_ptr + (b * L * H + h) * D, rows, L, H * D, cols, D, dq * grad_scale(scale, BASE2))
     tl.store(delta_ptr + bh * L + rows, delta, mask=rows < L)
+    tl.store(p_scale_ptr + bh * L + rows, p_scale, mask=rows < L)
 
 
 @triton.jit
 def _bwd_dkdv(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_ql, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
@@ -214,13 +224,14 @@ def _bwd_dkdv(
         do = load_tile(dout_base, rows, L, stride_gl, cols, D, stride_gd)  # [BLOCK_L, BLOCK_D]
         lse = to_score_units(tl.load(lse_ptr + bh * L + rows, mask=rows < L, other=0.0), BASE2)  # [BLOCK_L]
         delta = tl.load(delta_ptr + bh * L + rows, mask=rows < L, other=0.0)  # [BLOCK_L]
+        p_scale = tl.load(p_scale_ptr + bh * L + rows, mask=rows < L, other=0.0)  # [BLOCK_L]
 
         # Transposed scores (slots x tokens) so neither product below needs a transposed P.
         s_t = mm(kt, tl.trans(q), tl.zeros([BLOCK_K, BLOCK_L], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION) * scale
         # Padding slots and rows score 0, and exp(0 - lse) overflows when every real score is
         # below about -88: a -inf score gives them P = 0 instead.
         s_t = tl.where((slots < K)[:, None] & (rows < L)[None, :], s_t, float("-inf"))
-        p_t = exp(s_t - lse[None, :], BASE2)  # [BLOCK_K, BLOCK_L]
+        p_t = exp(s_t - lse[None, :], BASE2) * p_scale[None, :]  # [BLOCK_K, BLOCK_L]
         dv = mm(p_t.to(do.dtype), do, dv, USE_TL_DOT, DOT_PRECISION)
         dp_t = mm(vt, tl.trans(do), tl.zeros([BLOCK_K, BLOCK_L], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])  # [BLOCK_K, BLOCK_L]
@@ -234,7 +245,7 @@ def _bwd_dkdv(
 
 @triton.jit
 def _memory_read_bwd_dq_strided_kernel(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr,
     stride_qb, stride_ql, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
@@ -243,7 +254,7 @@ def _memory_read_bwd_dq_strided_kernel(
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
 ):
-    _bwd_dq(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
+    _bwd_dq(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr,
             stride_qb, stride_ql, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
             stride_vb, stride_vk, stride_vh, stride_vd, stride_gb, stride_gl, stride_gh, stride_gd,
             H, L, K, D, scale_hi, scale_lo, BLOCK_L, BLOCK_K, BLOCK_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
@@ -251,21 +262,21 @@ def _memory_read_bwd_dq_strided_kernel(
 
 @triton.jit
 def _memory_read_bwd_dq_contiguous_kernel(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr, H, L, K, D, scale_hi, scale_lo,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr, H, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
 ):
     row = H * D
     tokens = tl.cast(L, tl.int64) * row
     slots = tl.cast(K, tl.int64) * row
-    _bwd_dq(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
+    _bwd_dq(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr,
             tokens, row, D, 1, slots, row, D, 1, slots, row, D, 1, tokens, row, D, 1,
             H, L, K, D, scale_hi, scale_lo, BLOCK_L, BLOCK_K, BLOCK_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
 
 @triton.jit
 def _memory_read_bwd_dkdv_strided_kernel(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_ql, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
@@ -274,7 +285,7 @@ def _memory_read_bwd_dkdv_strided_kernel(
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
 ):
-    _bwd_dkdv(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    _bwd_dkdv(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
               stride_qb, stride_ql, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
               stride_vb, stride_vk, stride_vh, stride_vd, stride_gb, stride_gl, stride_gh, stride_gd,
               H, L, K, D, scale_hi, scale_lo, BLOCK_L, BLOCK_K, BLOCK_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
@@ -282,14 +293,14 @@ def _memory_read_bwd_dkdv_strided_kernel(
 
 @triton.jit
 def _memory_read_bwd_dkdv_contiguous_kernel(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, H, L, K, D, scale_hi, scale_lo,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr, H, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
 ):
     row = H * D
     tokens = tl.cast(L, tl.int64) * row
     slots = tl.cast(K, tl.int64) * row
-    _bwd_dkdv(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    _bwd_dkdv(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
               tokens, row, D, 1, slots, row, D, 1, slots, row, D, 1, tokens, row, D, 1,
               H, L, K, D, scale_hi, scale_lo, BLOCK_L, BLOCK_K, BLOCK_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
@@ -391,7 +402,7 @@ def memory_read_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     K = k.shape[1]
     cfg = _memory_read_config(B * H, L, K, D, q.dtype)
     lse = lse.contiguous()
-    delta = _empty((B, H, L), numerics(q.dtype).acc_torch, q.device)
+    delta, p_scale = _empty((2, B, H, L), numerics(q.dtype).acc_torch, q.device)
     dq = _empty((B, L, H, D), q.dtype, q.device)
     dk = _empty((B, K, H, D), q.dtype, q.device)
     dv = _empty((B, K, H, D), q.dtype, q.device)
@@ -399,9 +410,9 @@ def memory_read_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     contiguous = all(t.is_contiguous() for t in inputs)
     sizes = (H, L, K, D, *kernel_scale(scale, q.dtype))
     with on_device(q):
-        # Writes delta, which the dk/dv kernel reads: the two launches are stream-ordered.
-        _launch(_BACKWARD_DQ, contiguous, cdiv(L, cfg.block_l) * B * H, (*inputs, lse, delta, dq), inputs,
+        # Writes delta and p_scale, which the dk/dv kernel reads: the launches are stream-ordered.
+        _launch(_BACKWARD_DQ, contiguous, cdiv(L, cfg.block_l) * B * H, (*inputs, lse, delta, p_scale, dq), inputs,
                 sizes, cfg, q.dtype)
-        _launch(_BACKWARD_DKDV, contiguous, cdiv(K, cfg.block_k) * B * H, (*inputs, lse, delta, dk, dv), inputs,
+        _launch(_BACKWARD_DKDV, contiguous, cdiv(K, cfg.block_k) * B * H, (*inputs, lse, delta, p_scale, dk, dv), inputs,
                 sizes, cfg, q.dtype)
     return dq, dk, dv

@@ -11,11 +11,12 @@ before the token blocks stream through, so a slot whose tokens are all padding n
 leaves that state (and is stored as v_i itself, bitwise). It saves ``lse`` for the backward.
 
 Backward, with ``P`` recomputed from ``lse`` and ``dS = P * (dP - delta)`` over [self; tokens]:
-  * a slot kernel (programs over slot blocks, looping over tokens) finds
-    ``delta = p_self dP_self + sum_j P_j dP_j`` (a first pass over the tokens unless they fit
-    one block; not rowsum(dout * out), whose rounded output costs bfloat16 its accuracy on
-    peaked rows, see `memory_read`), then writes ``dq = c * (dS_self k_i + dS_tok @ k_tok)``,
-    ``dk = c * dS_self q``, ``dv = P_self dout`` and ``delta`` for the second kernel;
+  * a slot kernel (programs over slot blocks, looping over tokens) renormalises the rebuilt
+    P over [self; tokens] and finds ``delta = p_self dP_self + sum_j P_j dP_j`` (a first
+    pass over the tokens unless they fit one block; delta not from rowsum(dout * out), whose
+    rounded output costs bfloat16 its accuracy on peaked rows: see `memory_read`), then writes ``dq = c * (dS_self k_i + dS_tok @ k_tok)``,
+    ``dk = c * dS_self q``, ``dv = P_self dout``, and ``delta`` and the normalisation for the
+    second kernel;
   * a token kernel (programs over token blocks, looping over all slots) writes
     ``dk_tok = c * dS_tok^T @ q`` and ``dv_tok = P_tok^T @ dout``.
 Every output row belongs to exactly one program and every loop runs in a fixed order:
@@ -143,7 +144,8 @@ def _token_block_probs(q, dout, k_tok_base, v_tok_base, mask_row, tokens, cols, 
 
 @triton.jit
 def _bwd_slots(
-    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr,
+    dq_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
@@ -173,13 +175,18 @@ def _bwd_slots(
     v_tok_base = v_tok_ptr + b * stride_vtb + h * stride_vth
     mask_row = mask_ptr + b * L
     delta = p_self * dp_self  # [BLOCK_K]
-    if L > BLOCK_L:  # the second pass needs delta over every token before its first block
+    p_scale = tl.full([BLOCK_K], 1.0, ACC_DTYPE)  # [BLOCK_K] 1 / rowsum of the rebuilt P
+    if L > BLOCK_L:  # the second pass needs both over every token before its first block
+        p_sum = p_self  # [BLOCK_K]
         for start in range(0, L, BLOCK_L):
             _, p, dp = _token_block_probs(
                 q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
                 stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D,
                 HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
             delta += tl.sum(p * dp, axis=1)
+            p_sum += tl.sum(p, axis=1)
+        p_scale = 1.0 / p_sum
+        delta = delta * p_scale
 
     dq = tl.zeros([BLOCK_K, BLOCK_D], ACC_DTYPE)  # [BLOCK_K, BLOCK_D]
     for start in range(0, L, BLOCK_L):
@@ -187,12 +194,14 @@ def _bwd_slots(
             q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
             stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D,
             HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
-        if L <= BLOCK_L:  # one block: delta from the scores already at hand
-            delta = p_self * dp_self + tl.sum(p * dp, axis=1)
-        ds = p * (dp - delta[:, None])  # [BLOCK_K, BLOCK_L]
+        if L <= BLOCK_L:  # one block: both from the scores already at hand
+            p_scale = 1.0 / (p_self + tl.sum(p, axis=1))
+            delta = (p_self * dp_self + tl.sum(p * dp, axis=1)) * p_scale
+        ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_K, BLOCK_L]
         dq = mm(ds.to(k_tok.dtype), k_tok, dq, USE_TL_DOT, DOT_PRECISION)
 
     c = grad_scale(scale, BASE2)
+    p_self = p_self * p_scale  # [BLOCK_K]
     ds_self = p_self * (dp_self - delta)  # [BLOCK_K]
     dq = (dq + ds_self[:, None] * k.to(ACC_DTYPE)) * c
     # dq, dk, dv (B, K, H, D) and delta (B, H, K) are allocated contiguous.
@@ -201,11 +210,12 @@ def _bwd_slots(
     store_tile(dk_ptr + slot_rows, slots, K, H * D, cols, D, (c * ds_self)[:, None] * q.to(ACC_DTYPE))
     store_tile(dv_ptr + slot_rows, slots, K, H * D, cols, D, p_self[:, None] * dout_acc)
     tl.store(delta_ptr + bh * K + slots, delta, mask=slots < K)
+    tl.store(p_scale_ptr + bh * K + slots, p_scale, mask=slots < K)
 
 
 @triton.jit
 def _bwd_tokens(
-    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr, dv_tok_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
     stride_ktb, stride_ktl, stride_kth, stride_ktd,
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
@@ -234,11 +244,12 @@ def _bwd_tokens(
         dout = load_tile(dout_base, slots, K, stride_gk, cols, D, stride_gd)  # [BLOCK_K, BLOCK_D]
         lse = to_score_units(tl.load(lse_ptr + bh * K + slots, mask=slots < K, other=0.0), BASE2)  # [BLOCK_K]
         delta = tl.load(delta_ptr + bh * K + slots, mask=slots < K, other=0.0)  # [BLOCK_K]
+        p_scale = tl.load(p_scale_ptr + bh * K + slots, mask=slots < K, other=0.0)  # [BLOCK_K]
 
         # Scores transposed (tokens x slots) so that both products below need no transpose of P.
         s = mm(k_tok, tl.trans(q), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION) * scale
         s = tl.where(tok_ok[:, None] & (slots < K)[None, :], s, float("-inf"))
-        p = exp(s - lse[None, :], BASE2)  # [BLOCK_L, BLOCK_K]
+        p = exp(s - lse[None, :], BASE2) * p_scale[None, :]  # [BLOCK_L, BLOCK_K]
         dp = mm(v_tok, tl.trans(dout), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
         ds = p * (dp - delta[None, :])  # [BLOCK_L, BLOCK_K]
         dv_tok = mm(p.to(dout.dtype), dout, dv_tok, USE_TL_DOT, DOT_PRECISION)
@@ -289,7 +300,8 @@ def _slot_attention_fwd_contiguous_kernel(
 
 @triton.jit
 def _slot_attention_bwd_slots_strided_kernel(
-    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr,
+    dq_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
     stride_kb, stride_kk, stride_kh, stride_kd,
     stride_vb, stride_vk, stride_vh, stride_vd,
@@ -300,7 +312,7 @@ def _slot_attention_bwd_slots_strided_kernel(
     HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    _bwd_slots(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr,
+    _bwd_slots(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr,
                dq_ptr, dk_ptr, dv_ptr,
                stride_qb, stride_qk, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
                stride_vb, stride_vk, stride_vh, stride_vd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
@@ -311,15 +323,15 @@ def _slot_attention_bwd_slots_strided_kernel(
 
 @triton.jit
 def _slot_attention_bwd_slots_contiguous_kernel(
-    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr,
-    H, K, L, D, scale_hi, scale_lo,
+    q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr,
+    dq_ptr, dk_ptr, dv_ptr, H, K, L, D, scale_hi, scale_lo,
     HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     row = H * D
     slots = tl.cast(K, tl.int64) * row
     tokens = tl.cast(L, tl.int64) * row
-    _bwd_slots(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr,
+    _bwd_slots(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr,
                dq_ptr, dk_ptr, dv_ptr,
                slots, row, D, 1, slots, row, D, 1, slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1,
                slots, row, D, 1, H, K, L, D, scale_hi, scale_lo,
@@ -328,7 +340,7 @@ def _slot_attention_bwd_slots_contiguous_kernel(
 
 @triton.jit
 def _slot_attention_bwd_tokens_strided_kernel(
-    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr, dv_tok_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
     stride_ktb, stride_ktl, stride_kth, stride_ktd,
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
@@ -337,7 +349,8 @@ def _slot_attention_bwd_tokens_strided_kernel(
     HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    _bwd_tokens(q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+    _bwd_tokens(q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr,
+                dv_tok_ptr,
                 stride_qb, stride_qk, stride_qh, stride_qd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
                 stride_vtb, stride_vtl, stride_vth, stride_vtd, stride_gb, stride_gk, stride_gh, stride_gd,
                 H, K, L, D, scale_hi, scale_lo,
@@ -346,7 +359,7 @@ def _slot_attention_bwd_tokens_strided_kernel(
 
 @triton.jit
 def _slot_attention_bwd_tokens_contiguous_kernel(
-    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+    q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr, dv_tok_ptr,
     H, K, L, D, scale_hi, scale_lo,
     HAS_MASK: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -354,7 +367,8 @@ def _slot_attention_bwd_tokens_contiguous_kernel(
     row = H * D
     slots = tl.cast(K, tl.int64) * row
     tokens = tl.cast(L, tl.int64) * row
-    _bwd_tokens(q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, dk_tok_ptr, dv_tok_ptr,
+    _bwd_tokens(q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr,
+                dv_tok_ptr,
                 slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1, slots, row, D, 1,
                 H, K, L, D, scale_hi, scale_lo,
                 HAS_MASK, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K, BLOCK_D)
@@ -487,7 +501,7 @@ def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, 
     L = k_tok.shape[1]
     dq, dk, dv = (_empty((B, K, H, D), q.dtype, q.device) for _ in range(3))
     dk_tok, dv_tok = (_empty((B, L, H, D), q.dtype, q.device) for _ in range(2))
-    delta = _empty((B, H, K), numerics(q.dtype).acc_torch, q.device)
+    delta, p_scale = _empty((2, B, H, K), numerics(q.dtype).acc_torch, q.device)
     lse = lse.contiguous()
     mask = _mask_arg(key_padding_mask, q)
     has_mask = key_padding_mask is not None
@@ -498,13 +512,13 @@ def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, 
     slot_inputs = (q, k, v, k_tok, v_tok, dout)
     contiguous = all(t.is_contiguous() for t in slot_inputs)
     with on_device(q):
-        # Writes delta, which the token kernel reads: the two launches are stream-ordered.
+        # Writes delta and p_scale, which the token kernel reads: the launches are stream-ordered.
         _launch(_BACKWARD_SLOTS, contiguous, cdiv(K, slot_tiles.block_rows) * B * H,
-                (q, k, v, k_tok, v_tok, mask, dout, lse, delta, dq, dk, dv), slot_inputs, shape_and_scale,
+                (q, k, v, k_tok, v_tok, mask, dout, lse, delta, p_scale, dq, dk, dv), slot_inputs, shape_and_scale,
                 has_mask, dict(BLOCK_K=slot_tiles.block_rows, BLOCK_L=slot_tiles.block_stream), slot_tiles, q.dtype)
         token_inputs = (q, k_tok, v_tok, dout)
         _launch(_BACKWARD_TOKENS, contiguous, cdiv(L, token_tiles.block_rows) * B * H,
-                (q, k_tok, v_tok, mask, dout, lse, delta, dk_tok, dv_tok), token_inputs, shape_and_scale,
+                (q, k_tok, v_tok, mask, dout, lse, delta, p_scale, dk_tok, dv_tok), token_inputs, shape_and_scale,
                 has_mask, dict(BLOCK_L=token_tiles.block_rows, BLOCK_K=token_tiles.block_stream), token_tiles,
                 q.dtype)
     return dq, dk, dv, dk_tok, dv_tok
