@@ -47,10 +47,9 @@ def _check_op_inputs(m, bias, eps, backend) -> str:
 def _check_backward_inputs(dout, out, norm, eps, backend) -> str:
     check_tensors(OP, {"out": (out, "BKW")})
     check_positive(OP, "eps", eps)
-    backend = _backend(backend, out)
     check_like(OP, "dout", dout, "out", out)
     check_statistic(OP, "norm", norm, tuple(out.shape[:2]), accumulation_dtype(out.dtype), out.device)
-    return backend
+    return _backend(backend, out)
 
 
 # --------------------------------------------------------------------------- registered ops

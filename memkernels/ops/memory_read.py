@@ -50,12 +50,13 @@ def _check_op_inputs(q, k, v, scale, backend) -> str:
 
 
 def _check_backward_inputs(dout, q, k, v, out, lse, scale, backend) -> str:
-    backend = _check_op_inputs(q, k, v, scale, backend)
+    _check_inputs(q, k, v)
+    resolve_scale(OP, scale, q.shape[-1])
     check_like(OP, "dout", dout, "q", q)
     check_like(OP, "out", out, "q", q)
     batch, tokens, heads, _ = q.shape
     check_statistic(OP, "lse", lse, (batch, heads, tokens), accumulation_dtype(q.dtype), q.device)
-    return backend
+    return _backend(backend, q)
 
 
 # --------------------------------------------------------------------------- registered ops

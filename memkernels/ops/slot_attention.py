@@ -67,12 +67,13 @@ def _check_op_inputs(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend) ->
 
 
 def _check_backward_inputs(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale, backend) -> str:
-    backend = _check_op_inputs(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend)
+    _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask)
+    resolve_scale(OP, scale, q.shape[-1])
     check_like(OP, "dout", dout, "q", q)
     check_like(OP, "out", out, "q", q)
     batch, slots, heads, _ = q.shape
     check_statistic(OP, "lse", lse, (batch, heads, slots), accumulation_dtype(q.dtype), q.device)
-    return backend
+    return _backend(backend, q)
 
 
 # --------------------------------------------------------------------------- registered ops
