@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1
 READY := $(VENV)/.ready
 
-.PHONY: test bench info clean
+.PHONY: test bench info clean gpu-test
 
 $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(READY)
 	else \
 		$(PY) -m benchmarks.claims --quick --out $(BENCH_OUT); \
 	fi
+
+# On a GPU machine with torch and triton installed and no network: no venv, no downloads.
+gpu-test:
+	bash benchmarks/gpu_session.sh tests
 
 info: $(READY)
 	$(PY) -m memkernels.info

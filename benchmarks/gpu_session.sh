@@ -1,36 +1,74 @@
 #!/usr/bin/env bash
-# One device call that does every GPU check and measurement, results under $OUT:
-#   bash benchmarks/gpu_session.sh        (from the repository root, on the GPU machine)
-# The machine has torch, triton, pytest, pytest-benchmark and nvcc but no network:
-# the package installs editable with no build isolation and no dependencies,
-# which also builds the CUDA extension against the torch that is there.
+# Every GPU check and measurement, on a GPU machine with no network, results under $OUT:
+#
+#   bash benchmarks/gpu_session.sh [tests|ops|claims|all]     (from the repository root)
+#
+#   tests   build the extension, the whole suite in parallel (pytest-xdist), compute-sanitizer
+#           (memcheck on the kernel tests, racecheck on the kernels that use shared memory),
+#           and tests.txt: device, driver, versions, date, commit, pytest summary, sanitizer.
+#           `make gpu-test` runs this stage. About 5 minutes on an H100.
+#   ops     the op benchmarks (eager and kernel time) and the host-overhead benchmark.
+#   claims  python -m benchmarks.claims with a profile.
+#
+# Each stage fits one device call (10 minutes); `all` runs them in turn. Every stage ends by
+# packing what it wrote into $OUT/<stage>.tar.gz (the device tool brings back at most 8 files).
+# The torch and triton on the machine are used as they are: the package installs editable with
+# no build isolation and no dependencies. Wheels of anything missing travel in .whl/.
+# MEMKERNELS_COMMIT names the commit where the copy on the machine has no .git.
 set -uo pipefail
+STAGE=${1:-all}
 OUT=${OUT:-benchmarks/results/local}
-mkdir -p "$OUT"
+LOGS="$OUT/$STAGE"
+mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1
+PYTHON=${PYTHON:-python3}
 
-{
-  date -u +%Y-%m-%dT%H:%MZ
-  git rev-parse HEAD 2>/dev/null || echo "no git"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-} > "$OUT/env.txt" 2>&1
-
-# matplotlib and tqdm (plots, progress) are not on the GPU machine: carry their wheels in .whl/
-# (see the device README) and they install here first.
-if [ -d .whl ]; then python -m pip install -q --no-index --no-deps .whl/*.whl >> "$OUT/env.txt" 2>&1; fi
-MAX_JOBS=16 python -m pip install --no-build-isolation --no-deps -q -e . > "$OUT/build.log" 2>&1 \
-  || echo "extension build failed: see build.log" | tee -a "$OUT/env.txt"
-python -m memkernels.info | tee -a "$OUT/env.txt"
-
-python -m pytest tests -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -n 25
-
-if command -v compute-sanitizer > /dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 1 python -m pytest tests -q -p no:cacheprovider \
-    -k "bitwise_deterministic" > "$OUT/memcheck.log" 2>&1 && echo "memcheck: clean" || echo "memcheck: see memcheck.log"
+if [ -d .whl ]; then
+  $PYTHON -m pip install -q --no-index --no-deps --no-compile .whl/*.whl > "$LOGS/wheels.log" 2>&1 \
+    || echo "installing .whl/ failed: see wheels.log"
 fi
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+MAX_JOBS=${MAX_JOBS:-16} $PYTHON -m pip install --no-build-isolation --no-deps -q -e . > "$LOGS/build.log" 2>&1 \
+  || echo "the extension build failed: see build.log"
+$PYTHON -m memkernels.info > "$LOGS/info.txt" 2>&1
 
-python -m pytest benchmarks/test_ops.py -q -p no:cacheprovider --benchmark-json="$OUT/ops.json" \
-  --benchmark-columns=median,rounds > "$OUT/ops.log" 2>&1
-python -m benchmarks.report "$OUT/ops.json" | tee "$OUT/ops.md"
-python -m benchmarks.claims --out "$OUT" --profile > "$OUT/claims.log" 2>&1
-tail -n 25 "$OUT/claims.md"
+stage_tests() {
+  $PYTHON -m pytest tests -q -rs -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" > "$LOGS/tests.log" 2>&1
+  if command -v compute-sanitizer > /dev/null; then
+    # Small shapes of every kernel backend; the sanitizer slows each launch a hundredfold.
+    local kernels=(tests/test_kernels_memory_read.py tests/test_kernels_slot_attention.py
+                   tests/test_kernels_memory_norm.py)
+    compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
+      $PYTHON -m pytest "${kernels[@]}" -q -p no:cacheprovider -k "matches_formula and cuda and float32 and (K7 or K1 or W40)" \
+      > "$LOGS/memcheck.log" 2>&1
+    compute-sanitizer --tool racecheck --error-exitcode 1 --print-limit 20 \
+      $PYTHON -m pytest "${kernels[@]}" -q -p no:cacheprovider -k "matches_formula and cuda and bfloat16 and (K7 or W40)" \
+      > "$LOGS/racecheck.log" 2>&1
+  else
+    echo "compute-sanitizer is not on this machine" > "$LOGS/memcheck.log"
+  fi
+  $PYTHON -m benchmarks.gpu_summary "$LOGS" | tee "$LOGS/tests.txt"
+}
+
+stage_ops() {
+  $PYTHON -m pytest benchmarks/test_ops.py -q -p no:cacheprovider --benchmark-json="$LOGS/ops.json" \
+    --benchmark-columns=median,rounds > "$LOGS/ops.log" 2>&1
+  $PYTHON -m pytest benchmarks/test_overhead.py -q -p no:cacheprovider --benchmark-json="$LOGS/overhead.json" \
+    --benchmark-columns=median,rounds > "$LOGS/overhead.log" 2>&1
+  $PYTHON -m benchmarks.report "$LOGS/ops.json" "$LOGS/overhead.json" > "$LOGS/ops.md"
+  tail -n 40 "$LOGS/ops.md"
+}
+
+stage_claims() {
+  $PYTHON -m benchmarks.claims --out "$LOGS" --profile > "$LOGS/claims.log" 2>&1
+  tail -n 30 "$LOGS/claims.md"
+}
+
+case "$STAGE" in
+  tests) stage_tests ;;
+  ops) stage_ops ;;
+  claims) stage_claims ;;
+  all) stage_tests; stage_ops; stage_claims ;;
+  *) echo "unknown stage $STAGE: tests, ops, claims or all"; exit 2 ;;
+esac
+tar -czf "$OUT/$STAGE.tar.gz" -C "$OUT" "$STAGE"

@@ -92,7 +92,7 @@ def _check(kernels, inputs, mask, scale, dout, dtype):
 
 @pytest.mark.parametrize("mask_kind", ["none", "random", "all-padding-row"])
 @pytest.mark.parametrize("backend,device,dtype", CASES)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-K{}-L{}-H{}-D{}".format(*s))
 def test_matches_formula(kernels, backend, device, dtype, shape, mask_kind):
     b, k, l, h, d = shape
     inputs = _inputs(b, k, l, h, d, device, dtype)
