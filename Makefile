@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1
 READY := $(VENV)/.ready
 
-.PHONY: test bench info clean gpu-test
+.PHONY: test bench lint info clean gpu-test
 
 $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ bench: $(READY)
 		$(PY) -m benchmarks.claims --quick --out $(BENCH_OUT); \
 	fi
 
+# Linters in a venv of their own (no torch needed): ruff for Python, clang-format for csrc/.
+LINT_VENV := .venv-lint
+LINT_READY := $(LINT_VENV)/.ready
+CSRC := $(shell find csrc -name '*.cu' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.h')
+
+$(LINT_READY):
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install --quiet ruff==0.14.5 clang-format==19.1.7
+	touch $@
+
+lint: $(LINT_READY)
+	$(LINT_VENV)/bin/ruff check memkernels benchmarks tests setup.py
+	$(LINT_VENV)/bin/clang-format --dry-run --Werror $(CSRC)
+
 # On a GPU machine with torch and triton installed and no network: no venv, no downloads.
 gpu-test:
 	bash benchmarks/gpu_session.sh tests
@@ -45,4 +59,4 @@ info: $(READY)
 	$(PY) -m memkernels.info
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LINT_VENV) build *.egg-info

@@ -12,7 +12,7 @@ Two figures per call, with their peers measured in the same run:
   device clock, and the kernel time is the eager time.
 
 `extra_info` of every entry: kind, op, mode (fwd | fwd_bwd), impl, shape ([B, L, K, H, D]
-or [B, K, W]), dtype, device, eager and kernel ms per call, GB/s and TFLOP/s by SPEC.md's
+or [B, K, W]), dtype, device, eager and kernel ms per call, GB/s and TFLOP/s by docs/SPEC.md's
 cost model from the kernel time, % of the copy bandwidth measured in this run (also with
 L2 out of the picture), and peak device memory.
 """

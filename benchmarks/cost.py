@@ -1,6 +1,6 @@
-"""SPEC.md's cost model: the fewest bytes each op must move and the FLOPs it does.
+"""docs/SPEC.md's cost model: the fewest bytes each op must move and the FLOPs it does.
 
-Forward numbers are SPEC.md's. Forward+backward adds the backward's own
+Forward numbers are docs/SPEC.md's. Forward+backward adds the backward's own
 minimum traffic (it reads the inputs, the output and its gradient, and writes
 one gradient per input) and counts backward FLOPs as 2.5x forward, the usual
 figure for attention (five matrix products against two).

@@ -36,8 +36,11 @@ def kernel_table(benches: list) -> list[str]:
         groups.setdefault(bench["group"], []).append(bench)
     for group, members in groups.items():
         best_eager, best_kernel = _best_peer(members, "median_ms_per_call"), _best_peer(members, "kernel_ms")
-        order = sorted(members, key=lambda b: (b["extra_info"].get("kernel_ms") is None,
-                                               b["extra_info"].get("kernel_ms") or b["extra_info"]["median_ms_per_call"]))
+        def fastest_first(bench):
+            info = bench["extra_info"]
+            return info.get("kernel_ms") is None, info.get("kernel_ms") or info["median_ms_per_call"]
+
+        order = sorted(members, key=fastest_first)
         for bench in order:
             info = bench["extra_info"]
             lines.append(

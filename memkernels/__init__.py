@@ -6,10 +6,10 @@ differentiable torch.library custom ops with a `backend=` argument; see
 for their semantics in plain PyTorch. `memkernels.nn` has the drop-in modules.
 """
 from memkernels.dispatch import BackendUnavailable
+from memkernels.ops import flops as _flops  # noqa: F401  (FLOP formulas for FlopCounterMode)
 from memkernels.ops.memory_norm import memory_norm
 from memkernels.ops.memory_read import memory_read
 from memkernels.ops.slot_attention import slot_attention
-from memkernels.ops import flops as _flops  # noqa: F401  (FLOP formulas for FlopCounterMode)
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Drop-in modules for a memory-augmented transformer (SPEC.md, `memkernels.nn`).
+"""Drop-in modules for a memory-augmented transformer (docs/SPEC.md, `memkernels.nn`).
 
 Memory is a (B, K, W) tensor of K slots of width W = d_model. The reader is
 used in every encoder layer, the writer (slot attention + biased memory

@@ -128,7 +128,8 @@ def _registered_cases():
             yield f"ops.memory_norm[{backend}]-{name}", arg, lambda o=override, b=backend: _ops.memory_norm(
                 *{**_norm_inputs(), **o}.values(), 1e-12, b)
         yield from _backward_cases(backend)
-    yield "ops.memory_read-scale-inf", "scale", lambda: _ops.memory_read(*_read_inputs().values(), float("inf"), "torch")
+    yield "ops.memory_read-scale-inf", "scale", lambda: _ops.memory_read(*_read_inputs().values(), float("inf"),
+                                                                        "torch")
     yield "ops.memory_norm-eps-zero", "eps", lambda: _ops.memory_norm(*_norm_inputs().values(), 0.0, "torch")
     yield "ops.memory_read-backend-unknown", "backend", lambda: _ops.memory_read(*_read_inputs().values(), 0.5, "fast")
 

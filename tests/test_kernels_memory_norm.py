@@ -8,11 +8,12 @@ of tests/tolerance.py.
 import pytest
 import torch
 
+from memkernels.triton_kernels import memory_norm as triton_memory_norm
+from memkernels.triton_kernels._launch import cdiv
+
 import formulas
 from tolerance import assert_matches, assert_statistic, reference_pair
 from utils import kernel_cases, kernel_module, poison_outputs
-from memkernels.triton_kernels import memory_norm as triton_memory_norm
-from memkernels.triton_kernels._launch import cdiv
 
 CASES = kernel_cases()
 

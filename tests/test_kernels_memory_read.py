@@ -10,11 +10,12 @@ import math
 import pytest
 import torch
 
+from memkernels.triton_kernels import memory_read as triton_memory_read
+from memkernels.triton_kernels._launch import next_power_of_2, split_float
+
 import formulas
 from tolerance import assert_matches, assert_statistic, reference_pair
 from utils import kernel_cases, kernel_module, poison_outputs
-from memkernels.triton_kernels import memory_read as triton_memory_read
-from memkernels.triton_kernels._launch import next_power_of_2, split_float
 
 CASES = kernel_cases()
 

@@ -8,11 +8,12 @@ tests/tolerance.py.
 import pytest
 import torch
 
+from memkernels.triton_kernels import slot_attention as triton_slot_attention
+from memkernels.triton_kernels._launch import next_power_of_2
+
 import formulas
 from tolerance import assert_matches, assert_statistic, reference_pair
 from utils import kernel_cases, kernel_module, poison_outputs
-from memkernels.triton_kernels import slot_attention as triton_slot_attention
-from memkernels.triton_kernels._launch import next_power_of_2
 
 CASES = kernel_cases()
 NAMES = ("dq", "dk", "dv", "dk_tok", "dv_tok")

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import formulas
 import memkernels
+
+import formulas
 from tolerance import assert_matches, reference_pair
 from utils import DEVICE, backends_for, dtypes_for_device, grads
 

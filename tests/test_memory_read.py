@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-import formulas
 import memkernels
+
+import formulas
 from tolerance import assert_matches, reference_pair
 from utils import backends_for, dtypes_for_device, grads, rand
 

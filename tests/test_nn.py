@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import formulas
 from memkernels.nn import BiasedMemoryNorm, MemoryReader, MemoryWriter
+
+import formulas
 from utils import DEVICE, backends_for
 
 D_MODEL, HEADS, SLOTS = 24, 3, 5

@@ -2,12 +2,14 @@
 
 A custom op is opaque to the flop counter: without these, a model's memory
 reads and writes would count as zero FLOPs whatever backend runs them. The
-numbers are SPEC.md's cost model (multiply and add counted separately); a
+numbers are docs/SPEC.md's cost model (multiply and add counted separately); a
 backward is 2.5x its forward (five matrix products against two), memory_norm's
 about 2x.
 """
 import torch
 from torch.utils.flop_counter import register_flop_formula
+
+from memkernels.ops import memory_norm, memory_read, slot_attention  # noqa: F401  (the ops must be defined first)
 
 _ops = torch.ops.memkernels
 

@@ -25,7 +25,6 @@ import triton.language as tl
 
 from memkernels.triton_kernels._launch import cdiv, check_grid, next_power_of_2, numerics, on_device, split_float
 
-
 # --------------------------------------------------------------------------- kernels
 
 

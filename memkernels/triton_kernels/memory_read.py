@@ -48,7 +48,6 @@ from memkernels.triton_kernels._common import (
 )
 from memkernels.triton_kernels._launch import cdiv, check_grid, kernel_scale, next_power_of_2, numerics, on_device
 
-
 # --------------------------------------------------------------------------- kernels
 
 
@@ -152,7 +151,8 @@ def _bwd_dq(
     rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BLOCK_L]
     cols = tl.arange(0, BLOCK_D)  # [BLOCK_D]
     q = load_tile(q_ptr + b * stride_qb + h * stride_qh, rows, L, stride_ql, cols, D, stride_qd)  # [BLOCK_L, BLOCK_D]
-    do = load_tile(dout_ptr + b * stride_gb + h * stride_gh, rows, L, stride_gl, cols, D, stride_gd)  # [BLOCK_L, BLOCK_D]
+    do = load_tile(dout_ptr + b * stride_gb + h * stride_gh, rows, L, stride_gl, cols, D,
+                   stride_gd)  # [BLOCK_L, BLOCK_D]
     # lse, delta and p_scale are (B, H, L) contiguous.
     lse = to_score_units(tl.load(lse_ptr + bh * L + rows, mask=rows < L, other=0.0), BASE2)  # [BLOCK_L]
     k_base = k_ptr + b * stride_kb + h * stride_kh
@@ -413,6 +413,6 @@ def memory_read_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
         # Writes delta and p_scale, which the dk/dv kernel reads: the launches are stream-ordered.
         _launch(_BACKWARD_DQ, contiguous, cdiv(L, cfg.block_l) * B * H, (*inputs, lse, delta, p_scale, dq), inputs,
                 sizes, cfg, q.dtype)
-        _launch(_BACKWARD_DKDV, contiguous, cdiv(K, cfg.block_k) * B * H, (*inputs, lse, delta, p_scale, dk, dv), inputs,
-                sizes, cfg, q.dtype)
+        _launch(_BACKWARD_DKDV, contiguous, cdiv(K, cfg.block_k) * B * H, (*inputs, lse, delta, p_scale, dk, dv),
+                inputs, sizes, cfg, q.dtype)
     return dq, dk, dv

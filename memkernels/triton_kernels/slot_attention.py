@@ -14,9 +14,9 @@ Backward, with ``P`` recomputed from ``lse`` and ``dS = P * (dP - delta)`` over 
   * a slot kernel (programs over slot blocks, looping over tokens) renormalises the rebuilt
     P over [self; tokens] and finds ``delta = p_self dP_self + sum_j P_j dP_j`` (a first
     pass over the tokens unless they fit one block; delta not from rowsum(dout * out), whose
-    rounded output costs bfloat16 its accuracy on peaked rows: see `memory_read`), then writes ``dq = c * (dS_self k_i + dS_tok @ k_tok)``,
-    ``dk = c * dS_self q``, ``dv = P_self dout``, and ``delta`` and the normalisation for the
-    second kernel;
+    rounded output costs bfloat16 its accuracy on peaked rows: see `memory_read`), then
+    writes ``dq = c * (dS_self k_i + dS_tok @ k_tok)``, ``dk = c * dS_self q``,
+    ``dv = P_self dout``, and ``delta`` and the normalisation for the second kernel;
   * a token kernel (programs over token blocks, looping over all slots) writes
     ``dk_tok = c * dS_tok^T @ q`` and ``dv_tok = P_tok^T @ dout``.
 Every output row belongs to exactly one program and every loop runs in a fixed order:
@@ -45,7 +45,6 @@ from memkernels.triton_kernels._common import (
     to_score_units,
 )
 from memkernels.triton_kernels._launch import cdiv, check_grid, kernel_scale, next_power_of_2, numerics, on_device
-
 
 # ----------------------------------------------------------------------------------------
 # Kernels
