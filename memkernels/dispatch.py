@@ -140,8 +140,8 @@ def resolve(op: str, requested: str, device_type: str, dtype: torch.dtype, head_
 
 
 def device_type_of(t: torch.Tensor) -> str:
-    """t.device.type, without building a torch.device for the common case."""
-    return "cuda" if t.is_cuda else t.device.type
+    """t.device.type, without building a torch.device for the common cases."""
+    return "cuda" if t.is_cuda else "cpu" if t.is_cpu else t.device.type
 
 
 def auto_order(device_type: str) -> tuple[str, ...]:
