@@ -16,6 +16,7 @@ from memkernels.models import (
 )
 from memkernels.models.transformer_xl import RelativeAttention
 from memkernels.training import split_segments
+
 from utils import DEVICE
 
 VOCAB, SEG = 23, 8

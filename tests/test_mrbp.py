@@ -5,6 +5,7 @@ import torch
 from memkernels.models import Memformer, memformer_mnist
 from memkernels.training import bptt, checkpointed_bptt, mrbp, split_segments
 from memkernels.training.saved_memory import SavedTensorBytes
+
 from utils import DEVICE
 
 VOCAB, SEG = 19, 6
@@ -67,3 +68,44 @@ def test_mrbp_holds_less_for_backward_than_bptt_on_a_long_rollout():
     assert peaks["mrbp"] < 0.2 * peaks["bptt"], peaks
     if DEVICE.type == "cuda":
         assert peaks["mrbp_cuda"] < peaks["bptt_cuda"], peaks
+
+
+def test_advance_gives_the_steps_next_state_and_mrbp_runs_the_decoder_only_in_the_replay():
+    model = _model(dropout=0.2).train()
+    segments = split_segments(torch.randint(0, VOCAB, (2, 4 * SEG + 1), device=DEVICE), SEG)
+    state = model.initial_state(2, SEG)
+    torch.manual_seed(7)
+    _, from_body = model.body(segments[0].inputs, state)
+    torch.manual_seed(7)
+    from_advance = model.advance(segments[0].inputs, state)
+    for got, want in zip(from_advance, from_body):
+        assert torch.equal(got, want)
+    calls = {"decoder": 0, "encoder": 0}
+    hooks = [model.decoder[0].register_forward_hook(lambda *_: calls.__setitem__("decoder", calls["decoder"] + 1)),
+             model.encoder[0].register_forward_hook(lambda *_: calls.__setitem__("encoder", calls["encoder"] + 1))]
+    mrbp(model, segments, state)
+    for hook in hooks:
+        hook.remove()
+    assert calls == {"decoder": len(segments), "encoder": 2 * len(segments)}, calls
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="no CUDA GPU")
+@pytest.mark.parametrize("scheme", [bptt, checkpointed_bptt, mrbp], ids=["bptt", "checkpointed", "mrbp"])
+def test_training_schemes_sync_with_the_host_a_fixed_number_of_times_whatever_the_rollout_length(scheme):
+    import warnings
+
+    model = _model(dropout=0.1).train()
+    syncs = {}
+    for n_segments in (2, 6):
+        segments = split_segments(torch.randint(0, VOCAB, (2, n_segments * SEG + 1), device=DEVICE), SEG)
+        scheme(model, segments, model.initial_state(2, SEG))  # warm-up: first-call work is not the point
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                scheme(model, segments, model.initial_state(2, SEG))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs[n_segments] = sum("synchronizing" in str(w.message) for w in caught)
+    assert syncs[2] == syncs[6], f"host syncs grow with the rollout: {syncs}"

@@ -1,8 +1,11 @@
 """Reference models built on the public memory ops: Memformer, Transformer-XL, vanilla.
 
-The recurrent models share one interface: `initial_state(batch, segment_len)`
-and `step(tokens, state, padding_mask=None, reset=None) -> (logits, state)`.
+The recurrent models share one interface: `initial_state(batch, segment_len)`,
+`body(tokens, state, padding_mask=None, reset=None) -> (hidden, state)`, an
+output head `model.head` (`logits(hidden)`, `log_prob(hidden, targets)`), and
+`step(...) -> (logits, state)`, which is `body` then `head.logits`.
 """
+from memkernels.models.adaptive import WT103_CUTOFFS, AdaptiveSoftmax, FullSoftmax
 from memkernels.models.diagnostics import SlotDiagnostics
 from memkernels.models.memformer import Memformer, MemformerConfig, MemformerState, memformer_mnist, memformer_wt103
 from memkernels.models.transformer_xl import (
@@ -13,9 +16,11 @@ from memkernels.models.transformer_xl import (
     txl_wt103_base,
 )
 from memkernels.models.vanilla import VanillaConfig, VanillaTransformer
+from memkernels.models.zipf import zipf_tokens
 
 __all__ = [
-    "Memformer", "MemformerConfig", "MemformerState", "SlotDiagnostics", "TransformerXL",
-    "TransformerXLConfig", "TransformerXLState", "VanillaConfig", "VanillaTransformer",
-    "memformer_mnist", "memformer_wt103", "txl_mnist", "txl_wt103_base",
+    "WT103_CUTOFFS", "AdaptiveSoftmax", "FullSoftmax", "Memformer", "MemformerConfig", "MemformerState",
+    "SlotDiagnostics", "TransformerXL", "TransformerXLConfig", "TransformerXLState",
+    "VanillaConfig", "VanillaTransformer", "memformer_mnist", "memformer_wt103", "txl_mnist", "txl_wt103_base",
+    "zipf_tokens",
 ]

@@ -5,6 +5,7 @@ sinusoidal positions, and attention through `F.scaled_dot_product_attention`
 with boolean masks (True = may attend).
 """
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -100,3 +101,30 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         positions = sinusoid(torch.arange(tokens.shape[1], device=tokens.device), self.embed.embedding_dim)
         return self.drop(self.embed(tokens) * self.scale + positions.to(self.embed.weight.dtype))
+
+
+def draw_seed(needed: bool) -> int | None:
+    """One draw of the CPU generator to seed a branch's own stream (None when it needs no randomness).
+
+    A draw from the CPU generator is a host-side computation: no device sync.
+    """
+    return int(torch.randint(0, 2**62, ())) if needed else None
+
+
+@contextmanager
+def branched_rng(seed: int | None, device: torch.device):
+    """Run a block on its own random stream, seeded by `seed`, leaving the global streams as they were.
+
+    The code after the block then draws the same random numbers whether the
+    block ran or not. seed None: the block needs no randomness and runs as is.
+    """
+    if seed is None:
+        yield
+        return
+    index = (device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else None
+    with torch.random.fork_rng(devices=[] if index is None else [index]):
+        torch.default_generator.manual_seed(seed)
+        if index is not None:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield

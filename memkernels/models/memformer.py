@@ -16,7 +16,17 @@ leaves open, taken here:
   a learned start vector (broadcast over the segment), and memory starts at
   normalize(bias);
 * a sample whose whole segment is padding keeps its state unchanged;
-* pre-layer-norm blocks, sinusoidal positions, tied input/output embeddings.
+* pre-layer-norm blocks, sinusoidal positions, tied input/output embeddings;
+  the output head is the full softmax or an adaptive softmax (`head=`,
+  `cutoffs=`; memkernels.models.adaptive).
+
+A segment runs in two parts. `advance` is the memory path (embedding, encoder,
+writer): all that produces the next state. `body` runs it, then the decoder,
+and returns hidden states; `step` adds the head. MRBP's rollout runs only
+`advance`, so the decoder's dropout must not move the global random stream:
+the memory path ends with one draw that seeds the decoder's own stream
+(`branched_rng`), and the next segment's memory path draws the same numbers
+whether the decoder ran or not.
 """
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -24,8 +34,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from memkernels.models.adaptive import WT103_CUTOFFS, output_head
+from memkernels.models.layers import (
+    Attention,
+    DecoderLayer,
+    FeedForward,
+    TokenEmbedding,
+    attendable,
+    branched_rng,
+    causal_mask,
+    draw_seed,
+)
 from memkernels.models.segments import stream_loss
-from memkernels.models.layers import Attention, DecoderLayer, FeedForward, TokenEmbedding, attendable, causal_mask
 from memkernels.nn import MemoryReader, MemoryWriter
 
 
@@ -41,11 +61,15 @@ class MemformerConfig:
     tau: float = 0.25
     dropout: float = 0.1
     backend: str = "auto"
+    head: str = "full"              # "full" softmax or "adaptive" softmax over `cutoffs`
+    cutoffs: tuple[int, ...] = ()
 
 
 def memformer_wt103(**overrides) -> MemformerConfig:
-    """The paper's WikiText-103 model: 4 encoder + 16 decoder layers, d 512, 1024 slots."""
-    return replace(MemformerConfig(vocab_size=267_735), **overrides)
+    """The paper's WikiText-103 model: 4 encoder + 16 decoder layers, d 512, 1024 slots,
+    with Transformer-XL's WikiText-103 head: adaptive softmax, cutoffs 20k/40k/200k, tied."""
+    base = MemformerConfig(vocab_size=267_735, head="adaptive", cutoffs=WT103_CUTOFFS)
+    return replace(base, **overrides)
 
 
 def memformer_mnist(**overrides) -> MemformerConfig:
@@ -98,8 +122,7 @@ class Memformer(nn.Module):
             DecoderLayer(d, cfg.n_heads, cfg.d_ff, cfg.dropout, cross=True) for _ in range(cfg.n_decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
         self.start_context = nn.Parameter(torch.randn(d) * 0.02)
-        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
-        self.head.weight = self.embedding.embed.weight
+        self.head = output_head(self.embedding.embed, cfg.head, cfg.cutoffs)
         self.write_observers: list = []
 
     def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
@@ -116,12 +139,35 @@ class Memformer(nn.Module):
         """Per-sample reset at document boundaries: rows where `reset` (B,) is True start afresh."""
         return _where_rows(reset, self.initial_state(reset.shape[0], state.context.shape[1]), state)
 
+    def advance(self, tokens: Tensor, state: MemformerState, padding_mask: Tensor | None = None,
+                reset: Tensor | None = None) -> MemformerState:
+        """The next state only: embedding, encoder and writer (no decoder, no head)."""
+        return self._memory_path(tokens, state, padding_mask, reset)[2]
+
+    def body(self, tokens: Tensor, state: MemformerState, padding_mask: Tensor | None = None,
+             reset: Tensor | None = None) -> tuple[Tensor, MemformerState]:
+        """One segment without the head: hidden states (B, L, d) for the next token, and the next state."""
+        x, state, next_state, decoder_seed = self._memory_path(tokens, state, padding_mask, reset)
+        with branched_rng(decoder_seed, tokens.device):
+            h = x
+            self_mask = causal_mask(tokens.shape[1], padding_mask, tokens.device)
+            cross_mask = attendable(state.context_mask)[:, None, None, :]
+            for layer in self.decoder:
+                h = layer(h, self_mask, state.context, cross_mask)
+        return self.decoder_norm(h), next_state
+
     def step(self, tokens: Tensor, state: MemformerState, padding_mask: Tensor | None = None,
              reset: Tensor | None = None) -> tuple[Tensor, MemformerState]:
         """One segment: logits (B, L, vocab) for the next token at every position, and the next state.
 
         tokens (B, L) long; padding_mask (B, L) bool, True = real token; reset (B,) bool.
+        With the adaptive head the logits are log-probabilities.
         """
+        hidden, next_state = self.body(tokens, state, padding_mask, reset)
+        return self.head.logits(hidden), next_state
+
+    def _memory_path(self, tokens, state, padding_mask, reset):
+        """(embedded tokens, state after reset, next state, the decoder's seed)."""
         if reset is not None:
             state = self.reset(state, reset)
         batch, length = tokens.shape
@@ -131,14 +177,6 @@ class Memformer(nn.Module):
         real = padding_mask if padding_mask is not None else \
             torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
         x = self.embedding(tokens)
-
-        h = x
-        self_mask = causal_mask(length, padding_mask, tokens.device)
-        cross_mask = attendable(state.context_mask)[:, None, None, :]
-        for layer in self.decoder:
-            h = layer(h, self_mask, state.context, cross_mask)
-        logits = self.head(self.decoder_norm(h))
-
         key_mask = attendable(real)[:, None, None, :]
         e = x
         for layer in self.encoder:
@@ -147,5 +185,5 @@ class Memformer(nn.Module):
         memory = self.writer(state.memory, e, key_padding_mask=padding_mask)
         for observe in self.write_observers:
             observe(self.writer, state.memory, e, padding_mask)
-
-        return logits, _where_rows(real.any(dim=-1), MemformerState(memory, e, real), state)
+        next_state = _where_rows(real.any(dim=-1), MemformerState(memory, e, real), state)
+        return x, state, next_state, draw_seed(self.training and self.cfg.dropout > 0)

@@ -1,7 +1,10 @@
 """Segments of a token stream, and the language-model loss over them.
 
 Shared by the recurrent models' full-sequence loss and the training schemes
-of `memkernels.training`.
+of `memkernels.training`. The loss is the head's log-likelihood of the targets
+(`model.head.log_prob`, from the body's hidden states), so an adaptive head
+never forms full-vocabulary scores; what it needs from the host (target counts
+per cluster) is fetched for the whole rollout at once, with one sync.
 """
 from typing import NamedTuple
 
@@ -9,11 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from memkernels.models.adaptive import IGNORE
+
 
 class Segment(NamedTuple):
     inputs: Tensor                # (B, L) long
     targets: Tensor               # (B, L) long, -100 where no loss is taken
     padding_mask: Tensor | None   # (B, L) bool, True = real token
+
+
+class LossPlan(NamedTuple):
+    total: int      # target tokens over the whole rollout: the loss is a mean over them
+    counts: list    # per segment: its row of `model.head.target_counts`
 
 
 def split_segments(tokens: Tensor, segment_len: int) -> list[Segment]:
@@ -29,27 +39,29 @@ def split_segments(tokens: Tensor, segment_len: int) -> list[Segment]:
         mask = None
         if missing:
             mask = F.pad(torch.ones_like(x, dtype=torch.bool), (0, missing), value=False)
-            x, y = F.pad(x, (0, missing), value=0), F.pad(y, (0, missing), value=-100)
+            x, y = F.pad(x, (0, missing), value=0), F.pad(y, (0, missing), value=IGNORE)
         segments.append(Segment(x, y, mask))
     return segments
 
 
-def target_count(segments) -> int:
-    return sum(int((s.targets != -100).sum()) for s in segments)
+def loss_plan(model, segments: list[Segment]) -> LossPlan:
+    """Everything the rollout's loss needs from the host, in one sync."""
+    counts = model.head.target_counts(torch.stack([s.targets for s in segments]))
+    return LossPlan(sum(sum(row[1:]) for row in counts), counts)
 
 
-def segment_loss(logits: Tensor, targets: Tensor, total: int) -> Tensor:
-    logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum") / total
+def segment_loss(model, hidden: Tensor, targets: Tensor, counts, total: int) -> Tensor:
+    """This segment's share of the rollout's mean negative log-likelihood (at least float32)."""
+    return -model.head.log_prob(hidden, targets, counts).sum() / total
 
 
 def rollout_loss(model, segments: list[Segment], state):
     """(loss over all target tokens, final state) of running `segments` in one graph."""
-    total = target_count(segments)
+    plan = loss_plan(model, segments)
     loss = 0.0
-    for seg in segments:
-        logits, state = model.step(seg.inputs, state, seg.padding_mask)
-        loss = loss + segment_loss(logits, seg.targets, total)
+    for seg, counts in zip(segments, plan.counts):
+        hidden, state = model.body(seg.inputs, state, seg.padding_mask)
+        loss = loss + segment_loss(model, hidden, seg.targets, counts, plan.total)
     return loss, state
 
 

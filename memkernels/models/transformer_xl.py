@@ -5,6 +5,14 @@ detached, and attends over [cache; segment] with relative positional
 attention: score(i, j) = (q_i + u)·k_j + (q_i + v)·W_R r(i - j), r sinusoidal.
 Its carried state grows with `mem_len` per layer: the contrast to Memformer's
 fixed slots. Pre-layer-norm blocks; the cache holds the un-normalised inputs.
+
+The cache grows to `mem_len` positions by default. With `fixed_cache=True` it
+is always `mem_len` long: it starts as zeros, masked out, and real states
+enter at its end, so a real key's distance to a query is what it would be in a
+growing cache and the outputs for real tokens are the same; the state's shape
+never changes, which a CUDA graph of `step` needs (`StreamingRunner`).
+`body` returns hidden states, `step` adds the output head (full or adaptive
+softmax, memkernels.models.adaptive).
 """
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -12,8 +20,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from memkernels.models.segments import stream_loss
+from memkernels.models.adaptive import WT103_CUTOFFS, output_head
 from memkernels.models.layers import FeedForward, attendable, scaled_embedding, sinusoid
+from memkernels.models.segments import stream_loss
 
 
 @dataclass(frozen=True)
@@ -26,11 +35,15 @@ class TransformerXLConfig:
     n_layers: int = 16
     mem_len: int = 1024
     dropout: float = 0.1
+    fixed_cache: bool = False      # a cache of always mem_len positions (static shapes for CUDA graphs)
+    head: str = "full"             # "full" softmax or "adaptive" softmax over `cutoffs`
+    cutoffs: tuple[int, ...] = ()
 
 
 def txl_wt103_base(**overrides) -> TransformerXLConfig:
-    """The WikiText-103 base model: 16 layers, d 512, FFN 2048, 8 heads x 64, memory 1024."""
-    return replace(TransformerXLConfig(vocab_size=267_735), **overrides)
+    """The WikiText-103 base model: 16 layers, d 512, FFN 2048, 8 heads x 64, memory 1024,
+    adaptive softmax with cutoffs 20k/40k/200k tied to the input (run_wt103_base.sh)."""
+    return replace(TransformerXLConfig(vocab_size=267_735, head="adaptive", cutoffs=WT103_CUTOFFS), **overrides)
 
 
 def txl_mnist(**overrides) -> TransformerXLConfig:
@@ -41,7 +54,7 @@ def txl_mnist(**overrides) -> TransformerXLConfig:
 
 
 class TransformerXLState(NamedTuple):
-    memories: Tensor  # (n_layers, B, M, d): each layer's cached inputs, M <= mem_len
+    memories: Tensor  # (n_layers, B, M, d): each layer's cached inputs, M <= mem_len (== with fixed_cache)
     mask: Tensor      # (B, M) bool: which cached positions hold real tokens
 
 
@@ -98,22 +111,32 @@ class TransformerXL(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(TransformerXLLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.head.weight = self.embed.weight
+        self.head = output_head(self.embed, cfg.head, cfg.cutoffs)
 
     def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
         """Full-sequence training loss: mean next-token cross-entropy of (B, N) tokens, BPTT."""
         return stream_loss(self, tokens, segment_len)
 
     def initial_state(self, batch_size: int, segment_len: int | None = None) -> TransformerXLState:
-        """An empty cache (segment_len is accepted for the common model interface)."""
+        """An empty cache, or with fixed_cache a masked-out one of mem_len zeros (segment_len is
+        accepted for the common model interface)."""
         weight = self.embed.weight
-        empty = weight.new_zeros(self.cfg.n_layers, batch_size, 0, self.cfg.d_model)
-        return TransformerXLState(empty, torch.zeros(batch_size, 0, dtype=torch.bool, device=weight.device))
+        cached = self.cfg.mem_len if self.cfg.fixed_cache else 0
+        memories = weight.new_zeros(self.cfg.n_layers, batch_size, cached, self.cfg.d_model)
+        return TransformerXLState(memories, torch.zeros(batch_size, cached, dtype=torch.bool, device=weight.device))
 
     def step(self, tokens: Tensor, state: TransformerXLState, padding_mask: Tensor | None = None,
              reset: Tensor | None = None) -> tuple[Tensor, TransformerXLState]:
-        """One segment: logits (B, L, vocab) for the next token, and the updated caches."""
+        """One segment: logits (B, L, vocab) for the next token, and the updated caches.
+
+        With the adaptive head the logits are log-probabilities.
+        """
+        hidden, state = self.body(tokens, state, padding_mask, reset)
+        return self.head.logits(hidden), state
+
+    def body(self, tokens: Tensor, state: TransformerXLState, padding_mask: Tensor | None = None,
+             reset: Tensor | None = None) -> tuple[Tensor, TransformerXLState]:
+        """One segment without the head: hidden states (B, L, d) for the next token, and the updated caches."""
         batch, length = tokens.shape
         real = padding_mask if padding_mask is not None else \
             torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
@@ -127,8 +150,9 @@ class TransformerXL(nn.Module):
         for layer, cache in zip(self.layers, state.memories):
             layer_inputs.append(x)
             x = layer(x, cache, mask)
-        logits = self.head(self.norm(x))
-        keep = self.cfg.mem_len
-        memories = torch.cat([state.memories, torch.stack(layer_inputs)], dim=2)[:, :, -keep:].detach() \
-            if keep > 0 else state.memories
-        return logits, TransformerXLState(memories, key_real[:, -keep:] if keep > 0 else state.mask)
+        # Forget what falls beyond mem_len before appending, so that the new cache's storage holds
+        # exactly the kept positions (a slice of [cache; segment] would hold the whole of it).
+        drop = max(cached + length - self.cfg.mem_len, 0)
+        kept_new = [h[:, max(drop - cached, 0):] for h in layer_inputs]
+        memories = torch.cat([state.memories[:, :, drop:], torch.stack(kept_new)], dim=2).detach()
+        return self.norm(x), TransformerXLState(memories, key_real[:, drop:].contiguous())
