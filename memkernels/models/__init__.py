@@ -4,10 +4,12 @@ The recurrent models share one interface: `initial_state(batch, segment_len)`,
 `body(tokens, state, padding_mask=None, reset=None) -> (hidden, state)`, an
 output head `model.head` (`logits(hidden)`, `log_prob(hidden, targets)`), and
 `step(...) -> (logits, state)`, which is `body` then `head.logits`.
+`StreamingRunner` streams them segment by segment from a CUDA graph.
 """
 from memkernels.models.adaptive import WT103_CUTOFFS, AdaptiveSoftmax, FullSoftmax
 from memkernels.models.diagnostics import SlotDiagnostics
 from memkernels.models.memformer import Memformer, MemformerConfig, MemformerState, memformer_mnist, memformer_wt103
+from memkernels.models.streaming import StreamingRunner
 from memkernels.models.transformer_xl import (
     TransformerXL,
     TransformerXLConfig,
@@ -20,7 +22,7 @@ from memkernels.models.zipf import zipf_tokens
 
 __all__ = [
     "WT103_CUTOFFS", "AdaptiveSoftmax", "FullSoftmax", "Memformer", "MemformerConfig", "MemformerState",
-    "SlotDiagnostics", "TransformerXL", "TransformerXLConfig", "TransformerXLState",
+    "SlotDiagnostics", "StreamingRunner", "TransformerXL", "TransformerXLConfig", "TransformerXLState",
     "VanillaConfig", "VanillaTransformer", "memformer_mnist", "memformer_wt103", "txl_mnist", "txl_wt103_base",
     "zipf_tokens",
 ]
