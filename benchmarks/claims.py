@@ -1,57 +1,75 @@
-"""Reproduce the paper's efficiency claims side by side, in one run.
+"""Reproduce the paper's efficiency claims side by side, in one run, at steady state.
 
     python -m benchmarks.claims [--quick] [--device cuda] [--dtype bfloat16] [--out DIR] [--profile]
 
-1. Figure 5 (right): peak inference memory of Memformer and Transformer-XL as
-   the memory grows (Memformer slots, TXL cached states per layer), batch 16,
-   a long run of 64-token segments, WikiText-103-size models; and the exact
-   bytes of state each carries from segment to segment.
-2. Table 2: inference tokens/s of `memformer_wt103` against `txl_wt103_base`
-   at memory 1024, and FLOPs per segment counted with FlopCounterMode (the
-   memory ops have registered formulas), beside the paper's 54 and 168 GFLOPs.
-3. Table 3: peak training memory and speed of BPTT, gradient checkpointing
-   and MRBP on the paper's setting (12-layer decoder, 8 heads, d 512,
-   32 slots, time horizon 4).
+Both models get the same engineering: the same dtype; the same head, the
+adaptive softmax of Transformer-XL's WikiText-103 recipe (cutoffs 20k/40k/200k,
+tied), scoring Zipf-distributed targets (`zipf_tokens`) so its tail clusters see
+text-like traffic; the body of every segment run through `StreamingRunner`
+(captured once in a CUDA graph on CUDA, eager elsewhere). Transformer-XL runs
+with its fixed-size cache (`fixed_cache=True`): mem_len positions from the
+first segment, so every segment costs what a full cache costs.
 
-Memformer runs twice where it matters: with the fused backend ("auto") and with
-the reference backend ("torch"), so the kernels' own contribution shows. On a
-CPU the fused backend is not available and "auto" is the reference: the
-report says so. Peak memory is `torch.cuda.max_memory_allocated` on CUDA and
-live tensor bytes elsewhere (benchmarks/memory_meter.py). `--quick` shrinks
-every model and size so the whole run takes under two minutes on a CPU; its
-numbers show the method, not the paper's setting.
+1. Memory (Figure 5 right), batch 16, segments of 64, memory 64..2048 (TXL
+   cached states per layer, Memformer slots): a stream of ceil(max memory /
+   segment) + 4 segments, peak statistics reset once the caches are full, and
+   per size: the carried state's bytes (checked against its formula), the
+   steady-state peak beyond the weights, and the total peak (weights included).
+   Measured on eager steps: a graph's replay allocates nothing the allocator
+   sees (benchmarks/memory_meter.py).
+2. Speed (Table 2): tokens/s with and without the head, TXL at memory
+   128..2048 against Memformer at 1024 slots (the paper's layout) and at equal
+   memory; beside each speed ratio the FLOP ratio, against the cached TXL that
+   was timed and against a TXL that recomputes every position of
+   [memory; segment] through every layer (what the paper's 168 GFLOPs fits).
+   FLOPs per sample at the measured batch, counted on the meta device with
+   FlopCounterMode (attention through its math path, whose matmuls it counts;
+   the memory ops have registered formulas).
+3. MRBP (Table 3): peak training memory (total and beyond the weights) and
+   speed of BPTT, gradient checkpointing and MRBP on the paper's setting
+   (12-layer decoder, 8 heads, d 512, 32 slots, segments of 64), horizons 4 and 16.
 
+Memformer runs with the fused backend ("auto") and the reference backend
+("torch") where a fused one exists, so the kernels' own contribution shows.
+`--quick` shrinks the models and sizes (same method, same keys) to run in well
+under a minute on a CPU: its numbers check the method, not the paper's setting.
 Writes claims.json, claims.md and three PNG plots to --out, tagged with
-device, versions, date and git commit.
+device, versions, date and git commit (benchmarks/claims_report.py).
 """
 import argparse
+import functools
+import itertools
 import json
+import math
 import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import memkernels
 from memkernels import dispatch
-from memkernels.models import Memformer, TransformerXL, memformer_wt103, txl_wt103_base
+from memkernels.models import (
+    WT103_CUTOFFS,
+    Memformer,
+    StreamingRunner,
+    TransformerXL,
+    TransformerXLState,
+    memformer_wt103,
+    txl_wt103_base,
+    zipf_tokens,
+)
 from memkernels.training import bptt, checkpointed_bptt, mrbp, split_segments
 
-from .memory_meter import peak_bytes
+from .claims_report import PAPER, plots, report_markdown
+from .memory_meter import PeakMeter, peak_bytes
 
-PAPER = {
-    "memory_ratio_at_max": 8.1,
-    "speed_ratio": 3.2,
-    "memformer_gflops": 54.0,
-    "txl_gflops": 168.0,
-    "mrbp_memory_ratio": 7229 / 16177,
-    "mrbp_speed": 0.90,
-    "checkpoint_memory_ratio": 9885 / 16177,
-    "checkpoint_speed": 0.48,
-}
+STEADY_SEGMENTS = 4   # segments measured after the caches are full
+TIMING_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -59,42 +77,74 @@ class Setting:
     memory_sizes: tuple = (64, 128, 256, 512, 1024, 2048)
     batch: int = 16
     segment_len: int = 64
-    inference_segments: int = 16
-    speed_memory: int = 1024
+    speed_memory: int = 1024                                      # Memformer's slots in Table 2
+    txl_speed_memories: tuple = (128, 256, 512, 1024, 1600, 2048)
+    speed_segments: int = 8                                       # timed segments per run
     vocab_size: int = 267_735
-    model: dict = None          # overrides for both WT-103-size models (None: the paper's sizes)
+    cutoffs: tuple = WT103_CUTOFFS
+    zipf_exponent: float = 1.0
+    layers: dict = field(default_factory=dict)  # size overrides for both inference models ({}: the paper's)
+    txl_layers: int = 16
+    memformer_layers: tuple = (4, 16)           # (encoder, decoder)
     mrbp_batch: int = 16
-    mrbp_horizon: int = 4
-    mrbp_model: dict = None     # the paper's Table 3 Memformer: 12-layer decoder, d 512, 8 heads, 32 slots
+    mrbp_horizons: tuple = (4, 16)
+    mrbp_model: dict = field(default_factory=lambda: dict(
+        n_encoder_layers=4, n_decoder_layers=12, d_model=512, n_heads=8, n_slots=32))
 
 
-FULL = Setting(mrbp_model=dict(n_encoder_layers=4, n_decoder_layers=12, d_model=512, n_heads=8, n_slots=32))
+FULL = Setting()
 QUICK = Setting(
-    memory_sizes=(16, 32, 64, 128), batch=4, segment_len=16, inference_segments=4, speed_memory=64,
-    vocab_size=256, model=dict(d_model=64, n_heads=4, d_ff=128, layers=2), mrbp_batch=2,
+    memory_sizes=(32, 64, 128, 256), batch=4, segment_len=16, speed_memory=64, txl_speed_memories=(32, 64, 128),
+    speed_segments=4, vocab_size=2000, cutoffs=(200, 400, 1200), layers=dict(d_model=64, n_heads=4, d_ff=128),
+    txl_layers=4, memformer_layers=(1, 4), mrbp_batch=2,
     mrbp_model=dict(n_encoder_layers=1, n_decoder_layers=3, d_model=64, n_heads=4, n_slots=8, d_ff=128),
 )
 
 
 def build_memformer(setting, slots, backend, device, dtype):
-    overrides = dict(setting.model or {})
-    layers = overrides.pop("layers", None)
-    if layers is not None:
-        overrides.update(n_encoder_layers=max(1, layers // 2), n_decoder_layers=layers)
-    cfg = memformer_wt103(vocab_size=setting.vocab_size, n_slots=slots, backend=backend, dropout=0.0, **overrides)
-    return Memformer(cfg).to(device, dtype).eval()
+    encoder, decoder = setting.memformer_layers
+    cfg = memformer_wt103(vocab_size=setting.vocab_size, cutoffs=setting.cutoffs, n_slots=slots, backend=backend,
+                          dropout=0.0, n_encoder_layers=encoder, n_decoder_layers=decoder, **setting.layers)
+    with torch.device(device):  # built where it runs: no host copy of a 267k-word embedding
+        return Memformer(cfg).to(dtype).eval()
 
 
 def build_txl(setting, mem_len, device, dtype):
-    overrides = dict(setting.model or {})
-    layers = overrides.pop("layers", None)
-    if layers is not None:
-        overrides.update(n_layers=layers, d_head=overrides["d_model"] // overrides["n_heads"])
-    cfg = txl_wt103_base(vocab_size=setting.vocab_size, mem_len=mem_len, dropout=0.0, **overrides)
-    return TransformerXL(cfg).to(device, dtype).eval()
+    head_dim = dict(d_head=setting.layers["d_model"] // setting.layers["n_heads"]) if setting.layers else {}
+    cfg = txl_wt103_base(vocab_size=setting.vocab_size, cutoffs=setting.cutoffs, mem_len=mem_len, dropout=0.0,
+                         fixed_cache=True, n_layers=setting.txl_layers, **setting.layers, **head_dim)
+    with torch.device(device):
+        return TransformerXL(cfg).to(dtype).eval()
 
 
-def best_seconds(fn, device, repeats=3) -> float:
+def zipf_segments(setting, n_segments, batch, device, seed):
+    """n_segments language-model segments of a Zipf token stream (inputs and next-token targets)."""
+    generator = torch.Generator().manual_seed(seed)
+    stream = zipf_tokens((batch, n_segments * setting.segment_len + 1), setting.vocab_size, setting.zipf_exponent,
+                         generator=generator, device=device)
+    return split_segments(stream, setting.segment_len)
+
+
+def weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def state_bytes(state) -> int:
+    """Bytes the carried state holds: its tensors' storages, each once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state}
+    return sum(storages.values())
+
+
+def state_formula_bytes(model, batch, segment_len, element_size) -> int:
+    """TXL: n_layers x mem_len x d x B (+ a bool mask per cached position); Memformer: K x d x B slots
+    plus one segment of encoder output as context (+ its bool mask)."""
+    cfg = model.cfg
+    if isinstance(model, TransformerXL):
+        return cfg.n_layers * cfg.mem_len * cfg.d_model * batch * element_size + batch * cfg.mem_len
+    return (cfg.n_slots + segment_len) * cfg.d_model * batch * element_size + batch * segment_len
+
+
+def best_seconds(fn, device, repeats=TIMING_REPEATS) -> float:
     """Fastest of `repeats` synchronised wall-clock runs of fn()."""
     best = float("inf")
     for _ in range(repeats):
@@ -108,91 +158,180 @@ def best_seconds(fn, device, repeats=3) -> float:
     return best
 
 
+def stream(runner, model, segments, counts, with_head):
+    """One call of the runner per segment, then (with_head) the head's log-likelihood of the targets."""
+    for seg, seg_counts in zip(segments, counts):
+        with torch.profiler.record_function(f"{type(model).__name__}.segment"):
+            hidden = runner(seg.inputs)
+            if with_head:
+                model.head.log_prob(hidden, seg.targets, seg_counts)
+
+
 @torch.no_grad()
-def run_inference(model, tokens, segment_len):
-    """Stream `tokens` segment by segment; returns the carried state after the last one."""
-    state = model.initial_state(tokens.shape[0], segment_len)
-    for start in range(0, tokens.shape[1], segment_len):
-        with torch.profiler.record_function(f"{type(model).__name__}.step"):
-            _, state = model.step(tokens[:, start:start + segment_len], state)
-    return state
-
-
-def state_bytes(state) -> int:
-    return sum(t.numel() * t.element_size() for t in state)
+def steady_state_memory(model, setting, segments, counts, device, dtype) -> dict:
+    """Stream `segments` (the caches fill), reset the peak, measure the last STEADY_SEGMENTS."""
+    with PeakMeter(device) as meter:
+        runner = StreamingRunner(model, setting.batch, setting.segment_len, output="hidden", graphs=False)
+        fill = len(segments) - STEADY_SEGMENTS
+        stream(runner, model, segments[:fill], counts[:fill], with_head=True)
+        meter.reset_peak()
+        stream(runner, model, segments[fill:], counts[fill:], with_head=True)
+    weights = weight_bytes(model)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    return {"state_bytes": state_bytes(runner.state),
+            "state_formula_bytes": state_formula_bytes(model, setting.batch, setting.segment_len, element_size),
+            "peak_minus_weights_bytes": meter.peak, "peak_bytes": meter.peak + weights, "weight_bytes": weights}
 
 
 def memory_scaling(setting, device, dtype, backends, progress):
-    tokens = torch.randint(0, setting.vocab_size, (setting.batch, setting.inference_segments * setting.segment_len),
-                           device=device)
-    rows = []
+    n_segments = math.ceil(max(setting.memory_sizes) / setting.segment_len) + STEADY_SEGMENTS
+    segments = zipf_segments(setting, n_segments, setting.batch, device, seed=1)
+    rows, counts = [], None
     for size in setting.memory_sizes:
-        row = {"memory_size": size}
-        txl = build_txl(setting, size, device, dtype)
-        row["txl_peak_bytes"], method = peak_bytes(lambda: run_inference(txl, tokens, setting.segment_len), device)
-        row["txl_state_bytes"] = state_bytes(run_inference(txl, tokens, setting.segment_len))
-        for label, backend in backends.items():
-            memformer = build_memformer(setting, size, backend, device, dtype)
-            row[f"memformer_{label}_peak_bytes"], _ = peak_bytes(
-                lambda: run_inference(memformer, tokens, setting.segment_len), device)
-            row["memformer_state_bytes"] = state_bytes(run_inference(memformer, tokens, setting.segment_len))
+        models = {"txl": build_txl(setting, size, device, dtype)}
+        models.update({f"memformer_{label}": build_memformer(setting, size, backend, device, dtype)
+                       for label, backend in backends.items()})
+        counts = counts or models["txl"].head.target_counts(torch.stack([s.targets for s in segments]))
+        row = {"memory_size": size, "segments": n_segments}
+        for name, model in models.items():
+            measured = steady_state_memory(model, setting, segments, counts, device, dtype)
+            row.update({f"{name}_{key}": value for key, value in measured.items()})
+            progress.update(1)
         rows.append(row)
-        progress.update(1)
-    return rows, method
-
-
-def tokens_per_second(model, tokens, segment_len, device, repeats=3):
-    run_inference(model, tokens, segment_len)  # warm-up: kernels compiled, allocator primed
-    return tokens.numel() / best_seconds(lambda: run_inference(model, tokens, segment_len), device, repeats)
+    return rows
 
 
 @torch.no_grad()
-def gflops_per_segment(model, setting, device):
-    """Forward FLOPs of one segment of one sample, memory full (state after a warm-up segment)."""
-    tokens = torch.randint(0, setting.vocab_size, (1, setting.segment_len), device=device)
-    state = model.initial_state(1, setting.segment_len)
-    for _ in range(max(1, -(-getattr(model.cfg, "mem_len", 1) // setting.segment_len))):
-        _, state = model.step(tokens, state)
-    with FlopCounterMode(display=False) as counter:
-        model.step(tokens, state)
-    return counter.get_total_flops() / 1e9
+def tokens_per_second(model, setting, segments, counts, device) -> dict:
+    """Tokens/s through a StreamingRunner (graphed on CUDA), with and without the head."""
+    runner = StreamingRunner(model, setting.batch, setting.segment_len, output="hidden")
+    result = {}
+    for with_head, key in ((True, "tokens_per_s"), (False, "tokens_per_s_no_head")):
+        run = functools.partial(stream, runner, model, segments, counts, with_head)
+        run()  # warm-up
+        result[key] = setting.batch * setting.segment_len * len(segments) / best_seconds(run, device)
+    return result
+
+
+@torch.no_grad()
+def gflops_per_sample(model, setting, counts, recompute_memory: int = 0) -> dict:
+    """Forward GFLOPs per sample of one segment, without and with the head, on a meta-device model.
+
+    recompute_memory > 0 (TXL): no cache; the segment and the `recompute_memory` positions before
+    it all go through every layer, the head scoring the segment only.
+    """
+    batch, length = setting.batch, setting.segment_len
+    state = model.initial_state(batch, length)
+    if recompute_memory:
+        state = TransformerXLState(state.memories[:, :, :0], state.mask[:, :0])
+    state = type(state)(*(t.detach() for t in state))  # the start context is a view of a parameter
+    tokens = torch.zeros(batch, recompute_memory + length, dtype=torch.long, device="meta")
+    targets = torch.zeros(batch, length, dtype=torch.long, device="meta")
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        hidden, _ = model.body(tokens, state)
+        body = counter.get_total_flops()
+        model.head.log_prob(hidden[:, -length:], targets, counts)
+    return {"gflops_no_head": body / batch / 1e9, "gflops": counter.get_total_flops() / batch / 1e9}
 
 
 def speed(setting, device, dtype, backends, progress):
-    size = setting.speed_memory
-    tokens = torch.randint(0, setting.vocab_size, (setting.batch, setting.inference_segments * setting.segment_len),
-                           device=device)
-    txl = build_txl(setting, size, device, dtype)
-    result = {"memory_size": size, "txl_tokens_per_s": tokens_per_second(txl, tokens, setting.segment_len, device),
-              "txl_gflops_per_segment": gflops_per_segment(txl, setting, device)}
-    progress.update(1)
+    segments = zipf_segments(setting, setting.speed_segments, setting.batch, device, seed=2)
+    meta = torch.device("meta")
+    fused = next(iter(backends))
+    memformer, counts = {}, None
     for label, backend in backends.items():
-        memformer = build_memformer(setting, size, backend, device, dtype)
-        result[f"memformer_{label}_tokens_per_s"] = tokens_per_second(memformer, tokens, setting.segment_len, device)
-        result["memformer_gflops_per_segment"] = gflops_per_segment(memformer, setting, device)
+        model = build_memformer(setting, setting.speed_memory, backend, device, dtype)
+        counts = counts or model.head.target_counts(torch.stack([s.targets for s in segments]))
+        memformer[label] = tokens_per_second(model, setting, segments, counts, device)
         progress.update(1)
-    return result
+    # The head's FLOPs depend on the targets' clusters: counted on the first segment's.
+    flop_counts = counts[0]
+    memformer.update(gflops_per_sample(build_memformer(setting, setting.speed_memory, "auto", meta, dtype),
+                                       setting, flop_counts))
+    rows = []
+    for size in setting.txl_speed_memories:
+        txl = build_txl(setting, size, device, dtype)
+        row = {"txl_memory": size, **{f"txl_{k}": v for k, v in
+                                      tokens_per_second(txl, setting, segments, counts, device).items()}}
+        meta_txl = build_txl(setting, size, meta, dtype)
+        row.update({f"txl_{k}": v for k, v in gflops_per_sample(meta_txl, setting, flop_counts).items()})
+        row.update({f"txl_recompute_{k}": v
+                    for k, v in gflops_per_sample(meta_txl, setting, flop_counts, recompute_memory=size).items()})
+        progress.update(1)
+        equal = build_memformer(setting, size, backends[fused], device, dtype)
+        row.update({f"memformer_equal_{k}": v for k, v in
+                    tokens_per_second(equal, setting, segments, counts, device).items()})
+        row.update({f"memformer_equal_{k}": v for k, v in gflops_per_sample(
+            build_memformer(setting, size, "auto", meta, dtype), setting, flop_counts).items()})
+        progress.update(1)
+        rows.append(row)
+    return {"memformer_memory": setting.speed_memory, "memformer": memformer, "rows": rows,
+            "graphed": device.type == "cuda", "head_counts_for_flops": list(flop_counts)}
+
+
+def training_step(model, scheme, segments, setting):
+    model.zero_grad(set_to_none=True)
+    scheme(model, segments, model.initial_state(setting.mrbp_batch, setting.segment_len))
 
 
 def mrbp_table(setting, device, dtype, backends, progress):
     rows = {}
-    stream = torch.randint(0, setting.vocab_size, (setting.mrbp_batch, setting.mrbp_horizon * setting.segment_len + 1),
-                           device=device)
-    segments = split_segments(stream, setting.segment_len)
     for label, backend in backends.items():
-        model = Memformer(memformer_wt103(vocab_size=setting.vocab_size, backend=backend,
-                                          **setting.mrbp_model)).to(device, dtype).train()
-        for scheme in (bptt, checkpointed_bptt, mrbp):
-            def train_step():
-                model.zero_grad(set_to_none=True)
-                scheme(model, segments, model.initial_state(setting.mrbp_batch, setting.segment_len))
-
-            train_step()  # warm-up
-            peak, method = peak_bytes(train_step, device)
-            rows[f"{label}/{scheme.__name__}"] = {
-                "peak_bytes": peak, "seconds_per_step": best_seconds(train_step, device), "method": method}
-            progress.update(1)
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = Memformer(memformer_wt103(vocab_size=setting.vocab_size, cutoffs=setting.cutoffs, backend=backend,
+                                              **setting.mrbp_model)).to(dtype).train()
+        weights = weight_bytes(model)
+        for horizon in setting.mrbp_horizons:
+            segments = zipf_segments(setting, horizon, setting.mrbp_batch, device, seed=3)
+            for scheme in (bptt, checkpointed_bptt, mrbp):
+                train_step = functools.partial(training_step, model, scheme, segments, setting)
+                train_step()  # warm-up
+                peak, _ = peak_bytes(train_step, device)
+                rows[f"{label}/{scheme.__name__}/h{horizon}"] = {
+                    "backend": label, "scheme": scheme.__name__, "horizon": horizon,
+                    "peak_minus_weights_bytes": peak, "peak_bytes": peak + weights, "weight_bytes": weights,
+                    "seconds_per_step": best_seconds(train_step, device)}
+                progress.update(1)
     return rows
+
+
+def summarise(memory_rows, speed_result, mrbp_rows, backends) -> dict:
+    fused = next(iter(backends))
+    largest = memory_rows[-1]
+    memformer = f"memformer_{fused}"
+    at = next(r for r in speed_result["rows"] if r["txl_memory"] == speed_result["memformer_memory"])
+    mf = speed_result["memformer"]
+    h4, h16 = min(r["horizon"] for r in mrbp_rows.values()), max(r["horizon"] for r in mrbp_rows.values())
+    train = {name: row for name, row in mrbp_rows.items() if row["backend"] == fused}
+
+    def row(scheme, horizon):
+        return train[f"{fused}/{scheme}/h{horizon}"]
+
+    base = row("bptt", h4)
+    return {
+        "memory_ratio_at_max": largest["txl_peak_bytes"] / largest[f"{memformer}_peak_bytes"],
+        "memory_minus_weights_ratio_at_max":
+            largest["txl_peak_minus_weights_bytes"] / largest[f"{memformer}_peak_minus_weights_bytes"],
+        "state_ratio_at_max": largest["txl_state_bytes"] / largest[f"{memformer}_state_bytes"],
+        "state_formula_ratio_at_max": largest["txl_state_formula_bytes"] / largest[f"{memformer}_state_formula_bytes"],
+        "speed_ratio": mf[fused]["tokens_per_s"] / at["txl_tokens_per_s"],
+        "speed_ratio_no_head": mf[fused]["tokens_per_s_no_head"] / at["txl_tokens_per_s_no_head"],
+        "memformer_gflops": mf["gflops"],
+        "txl_gflops": at["txl_gflops"],
+        "txl_recompute_gflops": at["txl_recompute_gflops"],
+        "flop_ratio": at["txl_gflops"] / mf["gflops"],
+        "flop_ratio_no_head": at["txl_gflops_no_head"] / mf["gflops_no_head"],
+        "flop_ratio_recompute_txl": at["txl_recompute_gflops"] / mf["gflops"],
+        "flop_ratio_recompute_txl_no_head": at["txl_recompute_gflops_no_head"] / mf["gflops_no_head"],
+        "mrbp_memory_ratio": row("mrbp", h4)["peak_bytes"] / base["peak_bytes"],
+        "mrbp_memory_ratio_minus_weights":
+            row("mrbp", h4)["peak_minus_weights_bytes"] / base["peak_minus_weights_bytes"],
+        "mrbp_speed": base["seconds_per_step"] / row("mrbp", h4)["seconds_per_step"],
+        "checkpoint_memory_ratio": row("checkpointed_bptt", h4)["peak_bytes"] / base["peak_bytes"],
+        "checkpoint_speed": base["seconds_per_step"] / row("checkpointed_bptt", h4)["seconds_per_step"],
+        "mrbp_memory_delta_horizon16_bytes": row("mrbp", h16)["peak_bytes"] - row("mrbp", h4)["peak_bytes"],
+    }
 
 
 def git_commit() -> str:
@@ -213,99 +352,6 @@ def describe(device) -> dict:
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
             "memkernels": memkernels.__version__, "git_commit": git_commit(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def summarise(memory_rows, speed_result, mrbp_rows, backends) -> dict:
-    fused = "fused" if "fused" in backends else "reference"
-    largest = memory_rows[-1]
-    base = mrbp_rows[f"{fused}/bptt"]
-    return {
-        "memory_ratio_at_max": largest["txl_peak_bytes"] / largest[f"memformer_{fused}_peak_bytes"],
-        "state_ratio_at_max": largest["txl_state_bytes"] / largest["memformer_state_bytes"],
-        "speed_ratio": speed_result[f"memformer_{fused}_tokens_per_s"] / speed_result["txl_tokens_per_s"],
-        "mrbp_memory_ratio": mrbp_rows[f"{fused}/mrbp"]["peak_bytes"] / base["peak_bytes"],
-        "mrbp_speed": base["seconds_per_step"] / mrbp_rows[f"{fused}/mrbp"]["seconds_per_step"],
-        "checkpoint_memory_ratio": mrbp_rows[f"{fused}/checkpointed_bptt"]["peak_bytes"] / base["peak_bytes"],
-        "checkpoint_speed": base["seconds_per_step"] / mrbp_rows[f"{fused}/checkpointed_bptt"]["seconds_per_step"],
-        "memformer_gflops": speed_result["memformer_gflops_per_segment"],
-        "txl_gflops": speed_result["txl_gflops_per_segment"],
-    }
-
-
-def report_markdown(result) -> str:
-    s = result["summary"]
-    lines = [
-        f"# Paper claims reproduced on {result['device']}",
-        "",
-        f"torch {result['torch']}, triton {result['triton']}, CUDA {result['cuda']}, memkernels "
-        f"{result['memkernels']}, commit {result['git_commit'][:12]}, {result['date']}, dtype {result['dtype']}, "
-        f"{'QUICK (small sizes: method check, not the paper setting)' if result['quick'] else 'paper setting'}.",
-        f"Memformer backends: {result['backends']}. Peak memory: {result['memory_method']}.",
-        "",
-        "| claim | measured | paper |",
-        "|---|---|---|",
-        f"| TXL / Memformer peak inference memory at memory {result['memory'][-1]['memory_size']} | "
-        f"{s['memory_ratio_at_max']:.2f}x | {PAPER['memory_ratio_at_max']}x |",
-        f"| TXL / Memformer carried-state bytes at memory {result['memory'][-1]['memory_size']} | "
-        f"{s['state_ratio_at_max']:.2f}x | - |",
-        f"| Memformer / TXL inference tokens/s at memory {result['speed']['memory_size']} | "
-        f"{s['speed_ratio']:.2f}x | {PAPER['speed_ratio']}x |",
-        f"| GFLOPs per segment (one sample): Memformer | {s['memformer_gflops']:.3g} | {PAPER['memformer_gflops']} |",
-        f"| GFLOPs per segment (one sample): TXL | {s['txl_gflops']:.3g} | {PAPER['txl_gflops']} |",
-        f"| MRBP / BPTT peak training memory | {s['mrbp_memory_ratio']:.2f} | {PAPER['mrbp_memory_ratio']:.2f} |",
-        f"| MRBP speed relative to BPTT | x{s['mrbp_speed']:.2f} | x{PAPER['mrbp_speed']:.2f} |",
-        f"| checkpointing / BPTT peak training memory | {s['checkpoint_memory_ratio']:.2f} | "
-        f"{PAPER['checkpoint_memory_ratio']:.2f} |",
-        f"| checkpointing speed relative to BPTT | x{s['checkpoint_speed']:.2f} | x{PAPER['checkpoint_speed']:.2f} |",
-        "",
-        "## Memory vs memory size (MiB)",
-        "",
-    ]
-    keys = [k for k in result["memory"][0] if k.endswith("_bytes")]
-    lines += ["| memory size | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for row in result["memory"]:
-        lines.append(f"| {row['memory_size']} | " + " | ".join(f"{row[k] / 2**20:.1f}" for k in keys) + " |")
-    lines += ["", "## Training (Table 3)", "", "| backend/scheme | peak MiB | s/step |", "|---|---|---|"]
-    for name, row in result["mrbp"].items():
-        lines.append(f"| {name} | {row['peak_bytes'] / 2**20:.1f} | {row['seconds_per_step']:.4f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plots(result, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = [r["memory_size"] for r in result["memory"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in [k for k in result["memory"][0] if k.endswith("_peak_bytes")]:
-        ax.plot(sizes, [r[key] / 2**20 for r in result["memory"]], marker="o", label=key.removesuffix("_peak_bytes"))
-    ax.set(xscale="log", xlabel="memory size (slots / cached states)", ylabel="peak inference memory (MiB)",
-           title=f"Figure 5 (right) on {result['device']}")
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "memory_vs_size.png"), dpi=120)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = [k.removesuffix("_tokens_per_s") for k in result["speed"] if k.endswith("_tokens_per_s")]
-    ax.bar(names, [result["speed"][n + "_tokens_per_s"] for n in names])
-    ax.set(ylabel="inference tokens/s", title=f"Table 2 speed, memory {result['speed']['memory_size']}")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "speed.png"), dpi=120)
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
-    names = list(result["mrbp"])
-    left.bar(names, [result["mrbp"][n]["peak_bytes"] / 2**20 for n in names])
-    right.bar(names, [result["mrbp"][n]["seconds_per_step"] for n in names])
-    left.set(ylabel="peak training memory (MiB)")
-    right.set(ylabel="seconds per step")
-    for ax in (left, right):
-        ax.tick_params(axis="x", rotation=60)
-    fig.suptitle("Table 3: BPTT, gradient checkpointing, MRBP")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "mrbp.png"), dpi=120)
 
 
 def _progress(total):
@@ -337,7 +383,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default: bfloat16 on cuda, float32 on cpu)")
     parser.add_argument("--quick", action="store_true",
-                        help="small models and sizes: under two minutes on a CPU (checks the method only)")
+                        help="small models and sizes, same method: well under a minute on a CPU")
     parser.add_argument("--out", default="benchmarks/results/local", help="directory for claims.json/.md and plots")
     parser.add_argument("--profile", action="store_true",
                         help="also write a torch.profiler trace (trace.json, open in Perfetto or chrome://tracing)")
@@ -351,12 +397,13 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
 
-    steps = len(setting.memory_sizes) + 1 + len(backends) + 3 * len(backends)
+    steps = (len(setting.memory_sizes) * (1 + len(backends)) + len(backends) + 2 * len(setting.txl_speed_memories)
+             + 3 * len(backends) * len(setting.mrbp_horizons))
     profiler = torch.profiler.profile(record_shapes=False) if args.profile else None
     with _progress(steps) as progress:
         if profiler is not None:
             profiler.__enter__()
-        memory_rows, method = memory_scaling(setting, device, dtype, backends, progress)
+        memory_rows = memory_scaling(setting, device, dtype, backends, progress)
         speed_result = speed(setting, device, dtype, backends, progress)
         mrbp_rows = mrbp_table(setting, device, dtype, backends, progress)
         if profiler is not None:
@@ -366,7 +413,7 @@ def main(argv=None):
     result = {
         **describe(device), "dtype": str(dtype).removeprefix("torch."), "quick": args.quick,
         "backends": {label: (dispatch.select("memory_read", b, device, dtype)) for label, b in backends.items()},
-        "setting": {k: v for k, v in setting.__dict__.items()}, "memory_method": method,
+        "setting": dict(setting.__dict__), "memory_method": PeakMeter(device).method, "paper": PAPER,
         "memory": memory_rows, "speed": speed_result, "mrbp": mrbp_rows,
     }
     result["summary"] = summarise(memory_rows, speed_result, mrbp_rows, backends)

@@ -1,12 +1,20 @@
-"""Peak memory of a region of code, on any device.
+"""Peak memory of a region of code, on any device, with a reset of the peak inside it.
 
-On CUDA the measure of record is the caching allocator's
-`max_memory_allocated` over the region, minus what was allocated before it.
-On other devices, `LiveTensorBytes` counts every storage created by an
-operator inside the region (each once, through a TorchDispatchMode) from its
-creation until the last tensor using it dies, and keeps the peak: the same
-quantity for tensors, without the allocator's caching and fragmentation.
-Storages that existed before the region (parameters, inputs) are not counted.
+    with PeakMeter(device) as meter:
+        fill()               # e.g. stream until the caches are full
+        meter.reset_peak()   # the steady state starts: peak := what is alive now
+        measure()
+    meter.peak               # most bytes alive at once since the reset, beyond the start
+
+Bytes are counted beyond what was allocated when the meter started (weights,
+inputs), so what the region keeps alive (carried state, buffers) counts once
+it exists. On CUDA the measure of record is the caching allocator's
+`max_memory_allocated`. Elsewhere `LiveTensorBytes` counts every storage
+created by an operator inside the region (each once, through a
+TorchDispatchMode) from its creation until the last tensor using it dies, and
+keeps the peak: the same quantity for tensors, without the allocator's caching
+and fragmentation. A CUDA graph's replay allocates nothing the allocator sees:
+measure memory on eager steps (which allocate what the capture reserves).
 """
 import weakref
 
@@ -31,6 +39,9 @@ class LiveTensorBytes(TorchDispatchMode):
                 self._track(tensor, inputs)
         return out
 
+    def reset_peak(self):
+        self.peak = self.live
+
     def _track(self, tensor, inputs):
         storage = tensor.untyped_storage()
         key = storage.data_ptr()
@@ -52,15 +63,45 @@ class LiveTensorBytes(TorchDispatchMode):
             del self._storages[key]
 
 
+class PeakMeter:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.method = "torch.cuda.max_memory_allocated" if device.type == "cuda" else \
+            "live tensor bytes (TorchDispatchMode)"
+        self._live = None if device.type == "cuda" else LiveTensorBytes()
+        self._base = 0
+
+    def __enter__(self):
+        if self._live is not None:
+            self._live.__enter__()
+        else:
+            torch.cuda.synchronize(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self._live is not None:
+            self._live.__exit__(*exc)
+        else:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self):
+        if self._live is not None:
+            self._live.reset_peak()
+        else:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @property
+    def peak(self) -> int:
+        if self._live is not None:
+            return self._live.peak
+        return torch.cuda.max_memory_allocated(self.device) - self._base
+
+
 def peak_bytes(fn, device: torch.device) -> tuple[int, str]:
-    """(peak bytes allocated while fn() runs, name of the method)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    """(peak bytes allocated while fn() runs, beyond what existed before; name of the method)."""
+    with PeakMeter(device) as meter:
         fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated"
-    with LiveTensorBytes() as meter:
-        fn()
-    return meter.peak, "live tensor bytes (TorchDispatchMode)"
+    return meter.peak, meter.method

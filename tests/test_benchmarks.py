@@ -7,7 +7,8 @@ from pathlib import Path
 from benchmarks import claims, report
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIM_KEYS = ("memory_ratio_at_max", "state_ratio_at_max", "speed_ratio", "mrbp_memory_ratio", "mrbp_speed")
+CLAIM_KEYS = ("memory_ratio_at_max", "memory_minus_weights_ratio_at_max", "state_ratio_at_max", "speed_ratio",
+              "speed_ratio_no_head", "flop_ratio", "flop_ratio_recompute_txl", "mrbp_memory_ratio", "mrbp_speed")
 
 
 def test_quick_claims_write_json_markdown_and_plots(tmp_path):
@@ -16,7 +17,24 @@ def test_quick_claims_write_json_markdown_and_plots(tmp_path):
     assert isinstance(result["device"], str) and result["git_commit"]
     for key in CLAIM_KEYS:
         assert isinstance(result[key], float) and result[key] > 0, key
+    # The method: caches full before the peak is taken, state bytes as the formula says.
+    setting, largest = result["setting"], result["memory"][-1]
+    assert largest["segments"] >= -(-largest["memory_size"] // setting["segment_len"]) + 4
+    for row in result["memory"]:
+        for model in ("txl", "memformer_reference"):
+            assert row[f"{model}_state_bytes"] == row[f"{model}_state_formula_bytes"], (row["memory_size"], model)
+            assert row[f"{model}_peak_bytes"] == row[f"{model}_peak_minus_weights_bytes"] + row[f"{model}_weight_bytes"]
+    # Even at toy size the ratios point the paper's way.
+    assert result["state_ratio_at_max"] >= 1.5 and result["memory_ratio_at_max"] > 1, result["summary"]
+    assert result["flop_ratio_recompute_txl"] > result["flop_ratio"], "recomputing the memory must cost more"
     assert result["mrbp_memory_ratio"] < 1, "MRBP must hold less than BPTT"
+    mrbp_rows = result["mrbp"]
+    bptt_growth = mrbp_rows["reference/bptt/h16"]["peak_bytes"] - mrbp_rows["reference/bptt/h4"]["peak_bytes"]
+    assert isinstance(result["mrbp_memory_delta_horizon16_bytes"], int)
+    assert result["mrbp_memory_delta_horizon16_bytes"] < 0.1 * bptt_growth, "MRBP's memory must not grow like BPTT's"
+    markdown = (tmp_path / "claims.md").read_text()
+    for fact in (result["device"], result["git_commit"][:12], result["torch"], "recomputing TXL", "no head"):
+        assert fact in markdown, fact
     for name in ("claims.md", "memory_vs_size.png", "speed.png", "mrbp.png"):
         assert (tmp_path / name).stat().st_size > 0, name
 
