@@ -45,6 +45,7 @@ import os
 import platform
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -213,6 +214,14 @@ def tokens_per_second(model, setting, segments, counts, device) -> dict:
     return result
 
 
+@contextmanager
+def flop_counter():
+    """FlopCounterMode with attention through its math path: the counter has formulas for the GPU's
+    fused attention kernels but not for the CPU's, and the math path's matmuls it counts everywhere."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        yield counter
+
+
 @torch.no_grad()
 def gflops_per_sample(model, setting, counts, recompute_memory: int = 0) -> dict:
     """Forward GFLOPs per sample of one segment, without and with the head, on a meta-device model.
@@ -227,7 +236,7 @@ def gflops_per_sample(model, setting, counts, recompute_memory: int = 0) -> dict
     state = type(state)(*(t.detach() for t in state))  # the start context is a view of a parameter
     tokens = torch.zeros(batch, recompute_memory + length, dtype=torch.long, device="meta")
     targets = torch.zeros(batch, length, dtype=torch.long, device="meta")
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         hidden, _ = model.body(tokens, state)
         body = counter.get_total_flops()
         model.head.log_prob(hidden[:, -length:], targets, counts)
