@@ -80,12 +80,13 @@ class AdaptiveSoftmax(nn.Module):
     def n_clusters(self) -> int:
         return len(self.bounds) - 1
 
-    def _head(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """Head log-probabilities, split: (N, c_0) shortlist words and (N, n_tails) tail clusters."""
+    def _head(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Head scores, (N, c_0) for the shortlist words and (N, n_tails) for the tail clusters, and their
+        log-normaliser (N, 1). Left unnormalised: a target's log-probability needs only its own score."""
         words = _promoted(F.linear(hidden, self.weight[:self.bounds[1]]))
         clusters = _promoted(F.linear(hidden, self.cluster_weight, self.cluster_bias))
         norm = torch.logaddexp(words.logsumexp(-1), clusters.logsumexp(-1))[:, None]
-        return words - norm, clusters - norm
+        return words, clusters, norm
 
     def _tail(self, hidden: Tensor, cluster: int) -> Tensor:
         """(N, |tail|) log p_i(v) within tail cluster `cluster` (1-based)."""
@@ -99,8 +100,9 @@ class AdaptiveSoftmax(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., V) log-probabilities of every word (at least float32): the factorised distribution in full."""
         flat = hidden.flatten(0, -2)
-        words, clusters = self._head(flat)
-        parts = [words] + [clusters[:, i - 1, None] + self._tail(flat, i) for i in range(1, self.n_clusters)]
+        words, clusters, norm = self._head(flat)
+        clusters = clusters - norm
+        parts = [words - norm] + [clusters[:, i - 1, None] + self._tail(flat, i) for i in range(1, self.n_clusters)]
         return torch.cat(parts, dim=-1).view(*hidden.shape[:-1], -1)
 
     def log_prob(self, hidden: Tensor, targets: Tensor, counts: Sequence[int] | None = None) -> Tensor:
@@ -112,10 +114,10 @@ class AdaptiveSoftmax(nn.Module):
         if counts is None:
             counts = self.target_counts(flat_targets[None])[0]
         cluster = self._cluster_of(flat_targets)
-        words, clusters = self._head(flat)
+        words, clusters, norm = self._head(flat)
         shortlist = flat_targets.clamp(0, self.bounds[1] - 1)
         log_p = torch.where(cluster <= 0, words.gather(1, shortlist[:, None]).squeeze(1),
-                            clusters.gather(1, (cluster - 1).clamp(min=0)[:, None]).squeeze(1))
+                            clusters.gather(1, (cluster - 1).clamp(min=0)[:, None]).squeeze(1)) - norm.squeeze(1)
         # Sorting by cluster puts each group's rows together (ignored, shortlist, tail 1, ...); the
         # counts say where each starts, so every gather has a size known on the host: no sync.
         by_cluster = torch.argsort(cluster, stable=True)
