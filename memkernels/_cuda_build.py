@@ -23,8 +23,8 @@ _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sources() -> list[str]:
-    """The extension's source files: every kernel .cu plus bindings.cpp."""
-    return sorted(glob.glob(os.path.join(_CSRC, "*.cu"))) + [os.path.join(_CSRC, "bindings.cpp")]
+    """The extension's source files: every kernel .cu and the host .cpp files (checks, bindings)."""
+    return sorted(glob.glob(os.path.join(_CSRC, "*.cu"))) + sorted(glob.glob(os.path.join(_CSRC, "*.cpp")))
 
 
 def cxx_flags() -> list[str]:

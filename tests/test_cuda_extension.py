@@ -304,20 +304,20 @@ def test_bad_inputs_refused():
     with pytest.raises(RuntimeError, match="float64"):
         ck.memory_norm_forward(torch.randn(2, 3, 4, device="cuda", dtype=torch.float64),
                                torch.randn(3, 4, device="cuda", dtype=torch.float64), 1e-12)
-    with pytest.raises(RuntimeError, match="CUDA tensor"):
+    with pytest.raises(RuntimeError, match="k is on cpu"):
         ck.memory_read_forward(q, q.cpu(), q, 0.5)
     with pytest.raises(RuntimeError, match="dtype"):
         ck.memory_read_forward(q, q.half(), q, 0.5)
-    with pytest.raises(RuntimeError, match="shape"):
+    with pytest.raises(RuntimeError, match="k has head count H = 1"):
         ck.memory_read_forward(q, q[:, :, :1], q, 0.5)
     with pytest.raises(RuntimeError, match="head dim"):
         big = torch.randn(1, 2, 1, 300, device="cuda")
         ck.memory_read_forward(big, big, big, 0.5)
-    with pytest.raises(RuntimeError, match="key_padding_mask must be bool"):
+    with pytest.raises(RuntimeError, match="key_padding_mask has dtype Float, expected bool"):
         ck.slot_attention_forward(q, q, q, q, q, torch.ones(1, 3, device="cuda"), 0.5)
-    with pytest.raises(RuntimeError, match="key_padding_mask must have shape"):
+    with pytest.raises(RuntimeError, match="key_padding_mask has shape"):
         ck.slot_attention_forward(q, q, q, q, q, torch.ones(1, 4, device="cuda", dtype=torch.bool), 0.5)
-    with pytest.raises(RuntimeError, match="bias must have shape"):
+    with pytest.raises(RuntimeError, match="bias has slot count K = 4"):
         ck.memory_norm_forward(torch.randn(2, 3, 4, device="cuda"), torch.randn(4, 3, device="cuda"), 1e-12)
 
 
