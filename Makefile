@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1
+CUTLASS_PIN := nvidia-cutlass==4.2.0.0
 READY := $(VENV)/.ready
 
 .PHONY: test bench lint info clean gpu-test
@@ -13,6 +14,8 @@ $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet setuptools wheel
 	$(PY) -m pip install --quiet $(TORCH_PIN)
+	# CuTe/CUTLASS headers for the tensor-core kernels (the wheel's Python deps are not needed)
+	$(PY) -m pip install --quiet --no-deps $(CUTLASS_PIN)
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[test,bench]'
 	touch $@
 
