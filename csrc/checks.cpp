@@ -80,8 +80,8 @@ class LayoutChecker {
       const int64_t size = t.size(dim);
       TORCH_CHECK(size >= 1, op_, ": ", name, " has an empty ", dim_name(letter), " (", letter,
                   " = 0 in shape ", t.sizes(), "), expected at least 1");
-      TORCH_CHECK(size <= kMaxIndex, op_, ": ", name, " has ", dim_name(letter), " ", letter,
-                  " = ", size, ", expected at most ", kMaxIndex, " (32-bit grid indices)");
+      TORCH_CHECK(size <= kMaxIndex, op_, ": ", name, " has ", dim_name(letter), " ", letter, " = ",
+                  size, ", expected at most ", kMaxIndex, " (32-bit grid indices)");
       const size_t slot = static_cast<size_t>(letter);
       if (sizes_[slot] == 0) {
         sizes_[slot] = size;
@@ -89,8 +89,8 @@ class LayoutChecker {
         continue;
       }
       TORCH_CHECK(size == sizes_[slot], op_, ": ", name, " has ", dim_name(letter), " ", letter,
-                  " = ", size, " (dim ", dim, " of shape ", t.sizes(), "), expected ",
-                  sizes_[slot], " to match ", sources_[slot]);
+                  " = ", size, " (dim ", dim, " of shape ", t.sizes(), "), expected ", sizes_[slot],
+                  " to match ", sources_[slot]);
     }
   }
 
@@ -177,8 +177,7 @@ NormSizes check_memory_norm(const char* op, const Tensor& m, const Tensor& bias)
 NormSizes check_memory_norm_output(const char* op, const Tensor& out) {
   LayoutChecker layout(op);
   layout.check("out", out, "BKW");
-  const NormSizes s{layout.size('B'), layout.size('K'), layout.size('W'),
-                    dtype_of(op, "out", out)};
+  const NormSizes s{layout.size('B'), layout.size('K'), layout.size('W'), dtype_of(op, "out", out)};
   check_rows(op, "K (rows)", s.B, 1, s.K);
   return s;
 }
@@ -187,8 +186,8 @@ void check_like(const char* op, const char* name, const Tensor& t, const char* r
                 const Tensor& ref) {
   TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " has shape ", t.sizes(),
               ", expected the shape of ", ref_name, " ", ref.sizes());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), ", expected ", ref.scalar_type(), " (the dtype of ", ref_name, ")");
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              ", expected ", ref.scalar_type(), " (the dtype of ", ref_name, ")");
   check_same_device(op, name, t, ref_name, ref);
 }
 

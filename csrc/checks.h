@@ -40,8 +40,7 @@ struct NormSizes {
 };
 
 // q (B, L, H, D), k and v (B, K, H, D).
-AttentionSizes check_memory_read(const char* op, const Tensor& q, const Tensor& k,
-                                 const Tensor& v);
+AttentionSizes check_memory_read(const char* op, const Tensor& q, const Tensor& k, const Tensor& v);
 
 // q, k, v (B, K, H, D), k_tok and v_tok (B, L, H, D), mask (B, L) bool or none.
 AttentionSizes check_slot_attention(const char* op, const Tensor& q, const Tensor& k,

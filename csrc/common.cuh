@@ -3,10 +3,11 @@
 // dtype / head-dim dispatch used by every launcher.
 #pragma once
 
-#include <cstdint>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "memkernels.h"
 
@@ -23,9 +24,13 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
 template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
@@ -122,42 +127,42 @@ inline unsigned int blocks_for_rows(int64_t rows) {
 }  // namespace memkernels
 
 // Calls body with `scalar_t` bound to the element type of `dtype`.
-#define MEMKERNELS_DISPATCH_DTYPE(dtype, ...)                 \
-  do {                                                        \
-    switch (dtype) {                                          \
-      case ::memkernels::DType::Float32: {                    \
-        using scalar_t = float;                               \
-        __VA_ARGS__();                                        \
-        break;                                                \
-      }                                                       \
-      case ::memkernels::DType::Float16: {                    \
-        using scalar_t = __half;                              \
-        __VA_ARGS__();                                        \
-        break;                                                \
-      }                                                       \
-      case ::memkernels::DType::BFloat16: {                   \
-        using scalar_t = __nv_bfloat16;                       \
-        __VA_ARGS__();                                        \
-        break;                                                \
-      }                                                       \
-    }                                                         \
+#define MEMKERNELS_DISPATCH_DTYPE(dtype, ...) \
+  do {                                        \
+    switch (dtype) {                          \
+      case ::memkernels::DType::Float32: {    \
+        using scalar_t = float;               \
+        __VA_ARGS__();                        \
+        break;                                \
+      }                                       \
+      case ::memkernels::DType::Float16: {    \
+        using scalar_t = __half;              \
+        __VA_ARGS__();                        \
+        break;                                \
+      }                                       \
+      case ::memkernels::DType::BFloat16: {   \
+        using scalar_t = __nv_bfloat16;       \
+        __VA_ARGS__();                        \
+        break;                                \
+      }                                       \
+    }                                         \
   } while (0)
 
 // Calls body with constexpr int `NPL` = elements per lane for head dim D
 // (buckets 32, 64, 128, 256: NPL = 1, 2, 4, 8). D <= 256 is checked by the caller.
-#define MEMKERNELS_DISPATCH_HEADDIM(D, ...)                   \
-  do {                                                        \
-    if ((D) <= 32) {                                          \
-      constexpr int NPL = 1;                                  \
-      __VA_ARGS__();                                          \
-    } else if ((D) <= 64) {                                   \
-      constexpr int NPL = 2;                                  \
-      __VA_ARGS__();                                          \
-    } else if ((D) <= 128) {                                  \
-      constexpr int NPL = 4;                                  \
-      __VA_ARGS__();                                          \
-    } else {                                                  \
-      constexpr int NPL = 8;                                  \
-      __VA_ARGS__();                                          \
-    }                                                         \
+#define MEMKERNELS_DISPATCH_HEADDIM(D, ...) \
+  do {                                      \
+    if ((D) <= 32) {                        \
+      constexpr int NPL = 1;                \
+      __VA_ARGS__();                        \
+    } else if ((D) <= 64) {                 \
+      constexpr int NPL = 2;                \
+      __VA_ARGS__();                        \
+    } else if ((D) <= 128) {                \
+      constexpr int NPL = 4;                \
+      __VA_ARGS__();                        \
+    } else {                                \
+      constexpr int NPL = 8;                \
+      __VA_ARGS__();                        \
+    }                                       \
   } while (0)

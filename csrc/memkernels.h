@@ -7,8 +7,9 @@
 // Launchers never launch an empty grid: callers skip them when there is no work.
 #pragma once
 
-#include <cstdint>
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 namespace memkernels {
 
@@ -55,11 +56,10 @@ void launch_memory_read_backward_dkdv(DType dtype, View4 dout, View4 q, View4 k,
 // ---------------------------------------------------------------------------
 // slot_attention: q/k/v (B, K, H, D), k_tok/v_tok (B, L, H, D), mask: bool (B, L) or
 // nullptr (mask_s0/mask_s1 element strides); out (B, K, H, D); lse (B, H, K) float32.
-void launch_slot_attention_forward(DType dtype, View4 q, View4 k, View4 v, View4 k_tok,
-                                   View4 v_tok, const bool* mask, int64_t mask_s0,
-                                   int64_t mask_s1, View4 out, float* lse, int64_t B, int64_t K,
-                                   int64_t L, int64_t H, int64_t D, float scale,
-                                   cudaStream_t stream);
+void launch_slot_attention_forward(DType dtype, View4 q, View4 k, View4 v, View4 k_tok, View4 v_tok,
+                                   const bool* mask, int64_t mask_s0, int64_t mask_s1, View4 out,
+                                   float* lse, int64_t B, int64_t K, int64_t L, int64_t H,
+                                   int64_t D, float scale, cudaStream_t stream);
 
 // dq, dk, dv (B, K, H, D): one warp per slot row.
 void launch_slot_attention_backward_slots(DType dtype, View4 dout, View4 q, View4 k, View4 v,

@@ -39,7 +39,8 @@ __global__ void __launch_bounds__(kNormThreads)
   const float n = norm[row];
   T* dmrow = static_cast<T*>(dm.ptr) + b * dm.s0 + k * dm.s1;
   for (int64_t w = threadIdx.x; w < W; w += blockDim.x) {
-    const float dx = norm_grad(to_float(dyrow[w * dout.s2]), to_float(yrow[w * out.s2]), dot, n, eps);
+    const float dx =
+        norm_grad(to_float(dyrow[w * dout.s2]), to_float(yrow[w * out.s2]), dot, n, eps);
     dmrow[w * dm.s2] = from_float<T>(dx);
   }
   if (threadIdx.x == 0) rowdot[row] = dot;

@@ -14,7 +14,7 @@ namespace {
 using namespace detail;
 
 template <typename T, int NPL>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     memory_read_dq_kernel(View4 dout, View4 q, View4 k, View4 v, const float* __restrict__ lse,
                           const float* __restrict__ delta, View4 dq, int64_t B, int64_t L,
                           int64_t K, int64_t H, int D, float scale) {
@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 }
 
 template <typename T, int NPL>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     memory_read_dkdv_kernel(View4 dout, View4 q, View4 k, View4 v, const float* __restrict__ lse,
                             const float* __restrict__ delta, View4 dk, View4 dv, int64_t B,
                             int64_t L, int64_t K, int64_t H, int D, float scale) {

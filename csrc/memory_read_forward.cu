@@ -13,7 +13,7 @@ namespace {
 using namespace detail;
 
 template <typename T, int NPL>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     memory_read_forward_kernel(View4 q, View4 k, View4 v, View4 out, float* __restrict__ lse,
                                int64_t B, int64_t L, int64_t K, int64_t H, int D, float scale) {
   constexpr int G = group_size(NPL);
@@ -95,8 +95,8 @@ void launch_memory_read_forward(DType dtype, View4 q, View4 k, View4 v, View4 ou
   const dim3 block(kWarpsPerBlock * kWarp);
   MEMKERNELS_DISPATCH_DTYPE(dtype, [&] {
     MEMKERNELS_DISPATCH_HEADDIM(D, [&] {
-      memory_read_forward_kernel<scalar_t, NPL><<<grid, block, 0, stream>>>(
-          q, k, v, out, lse, B, L, K, H, static_cast<int>(D), scale);
+      memory_read_forward_kernel<scalar_t, NPL>
+          <<<grid, block, 0, stream>>>(q, k, v, out, lse, B, L, K, H, static_cast<int>(D), scale);
     });
   });
 }

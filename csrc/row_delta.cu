@@ -10,7 +10,7 @@ namespace {
 using namespace detail;
 
 template <typename T, int NPL>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     row_delta_kernel(View4 dout, View4 out, float* __restrict__ delta, int64_t B, int64_t R,
                      int64_t H, int D) {
   const int lane = threadIdx.x % kWarp;

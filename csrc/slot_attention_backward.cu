@@ -17,7 +17,7 @@ namespace {
 using namespace detail;
 
 template <typename T, int NPL>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     slot_backward_slots_kernel(View4 dout, View4 q, View4 k, View4 v, View4 k_tok, View4 v_tok,
                                const bool* __restrict__ mask, int64_t mask_s0, int64_t mask_s1,
                                const float* __restrict__ lse, const float* __restrict__ delta,
@@ -43,8 +43,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   // own key / value
   {
     float vr[NPL];
-    load_row<T, NPL>(vr, static_cast<const T*>(v.ptr) + row_offset(v, b, i_slot, h), v.s3, D,
-                     lane);
+    load_row<T, NPL>(vr, static_cast<const T*>(v.ptr) + row_offset(v, b, i_slot, h), v.s3, D, lane);
     float dots[2] = {partial_dot<NPL>(qr, kr), partial_dot<NPL>(dor, vr)};
     warp_allreduce<2>(dots);
     const float p_self = expf(dots[0] * scale - lse_i);
@@ -99,7 +98,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 }
 
 template <typename T, int NPL>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     slot_backward_tokens_kernel(View4 dout, View4 q, View4 k_tok, View4 v_tok,
                                 const bool* __restrict__ mask, int64_t mask_s0, int64_t mask_s1,
                                 const float* __restrict__ lse, const float* __restrict__ delta,
@@ -123,10 +122,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
     const float* lse_bh = lse + (b * H + h) * K;
     const float* delta_bh = delta + (b * H + h) * K;
     float kt[NPL], vt[NPL];
-    load_row<T, NPL>(kt, static_cast<const T*>(k_tok.ptr) + row_offset(k_tok, b, j, h), k_tok.s3,
-                     D, lane);
-    load_row<T, NPL>(vt, static_cast<const T*>(v_tok.ptr) + row_offset(v_tok, b, j, h), v_tok.s3,
-                     D, lane);
+    load_row<T, NPL>(kt, static_cast<const T*>(k_tok.ptr) + row_offset(k_tok, b, j, h), k_tok.s3, D,
+                     lane);
+    load_row<T, NPL>(vt, static_cast<const T*>(v_tok.ptr) + row_offset(v_tok, b, j, h), v_tok.s3, D,
+                     lane);
     for (int64_t i0 = 0; i0 < K; i0 += G) {
       float qr[G][NPL], dor[G][NPL];
       float dots[2 * G];  // [0, G): q_i . k_tok_j   [G, 2G): dout_i . v_tok_j
@@ -161,10 +160,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 #pragma unroll
     for (int d = 0; d < NPL; ++d) dk_acc[d] *= scale;
   }
-  store_row<T, NPL>(static_cast<T*>(dk_tok.ptr) + row_offset(dk_tok, b, j, h), dk_tok.s3, dk_acc,
-                    D, lane);
-  store_row<T, NPL>(static_cast<T*>(dv_tok.ptr) + row_offset(dv_tok, b, j, h), dv_tok.s3, dv_acc,
-                    D, lane);
+  store_row<T, NPL>(static_cast<T*>(dk_tok.ptr) + row_offset(dk_tok, b, j, h), dk_tok.s3, dk_acc, D,
+                    lane);
+  store_row<T, NPL>(static_cast<T*>(dv_tok.ptr) + row_offset(dv_tok, b, j, h), dv_tok.s3, dv_acc, D,
+                    lane);
 }
 
 }  // namespace
@@ -179,9 +178,9 @@ void launch_slot_attention_backward_slots(DType dtype, View4 dout, View4 q, View
   const dim3 block(kWarpsPerBlock * kWarp);
   MEMKERNELS_DISPATCH_DTYPE(dtype, [&] {
     MEMKERNELS_DISPATCH_HEADDIM(D, [&] {
-      slot_backward_slots_kernel<scalar_t, NPL><<<grid, block, 0, stream>>>(
-          dout, q, k, v, k_tok, v_tok, mask, mask_s0, mask_s1, lse, delta, dq, dk, dv, B, K, L,
-          H, static_cast<int>(D), scale);
+      slot_backward_slots_kernel<scalar_t, NPL>
+          <<<grid, block, 0, stream>>>(dout, q, k, v, k_tok, v_tok, mask, mask_s0, mask_s1, lse,
+                                       delta, dq, dk, dv, B, K, L, H, static_cast<int>(D), scale);
     });
   });
 }
@@ -196,9 +195,9 @@ void launch_slot_attention_backward_tokens(DType dtype, View4 dout, View4 q, Vie
   const dim3 block(kWarpsPerBlock * kWarp);
   MEMKERNELS_DISPATCH_DTYPE(dtype, [&] {
     MEMKERNELS_DISPATCH_HEADDIM(D, [&] {
-      slot_backward_tokens_kernel<scalar_t, NPL><<<grid, block, 0, stream>>>(
-          dout, q, k_tok, v_tok, mask, mask_s0, mask_s1, lse, delta, dk_tok, dv_tok, B, K, L, H,
-          static_cast<int>(D), scale);
+      slot_backward_tokens_kernel<scalar_t, NPL>
+          <<<grid, block, 0, stream>>>(dout, q, k_tok, v_tok, mask, mask_s0, mask_s1, lse, delta,
+                                       dk_tok, dv_tok, B, K, L, H, static_cast<int>(D), scale);
     });
   });
 }
