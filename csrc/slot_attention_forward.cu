@@ -14,7 +14,7 @@ namespace {
 using namespace detail;
 
 template <typename T, int NPL>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
+__global__ void __launch_bounds__(kWarpsPerBlock* kWarp)
     slot_attention_forward_kernel(View4 q, View4 k, View4 v, View4 k_tok, View4 v_tok,
                                   const bool* __restrict__ mask, int64_t mask_s0, int64_t mask_s1,
                                   View4 out, float* __restrict__ lse, int64_t B, int64_t K,
@@ -32,8 +32,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
   load_row<T, NPL>(qr, static_cast<const T*>(q.ptr) + row_offset(q, b, i_slot, h), q.s3, D, lane);
   {
     float kr[NPL];
-    load_row<T, NPL>(kr, static_cast<const T*>(k.ptr) + row_offset(k, b, i_slot, h), k.s3, D,
-                     lane);
+    load_row<T, NPL>(kr, static_cast<const T*>(k.ptr) + row_offset(k, b, i_slot, h), k.s3, D, lane);
     load_row<T, NPL>(acc, static_cast<const T*>(v.ptr) + row_offset(v, b, i_slot, h), v.s3, D,
                      lane);
     float dot[1] = {partial_dot<NPL>(qr, kr)};
@@ -45,13 +44,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 
     for (int64_t j0 = 0; j0 < L; j0 += G) {
       float s[G];
-      bool valid[G];
+      unsigned valid = 0;  // bit g: token j0 + g is real (a bool array here went to the stack)
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         const int64_t j = j0 + g;
-        valid[g] = j < L && (mask == nullptr || mask[b * mask_s0 + j * mask_s1]);
+        if (j < L && (mask == nullptr || mask[b * mask_s0 + j * mask_s1])) valid |= 1u << g;
         float kt[NPL];
-        if (valid[g]) {
+        if (valid >> g & 1u) {
           load_row<T, NPL>(kt, ktp + row_offset(k_tok, b, j, h), k_tok.s3, D, lane);
         } else {
 #pragma unroll
@@ -60,24 +59,22 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
         s[g] = partial_dot<NPL>(qr, kt);
       }
       warp_allreduce<G>(s);
-      bool any = false;
       float m_new = m;
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        if (valid[g]) {
+        if (valid >> g & 1u) {
           s[g] *= scale;
           m_new = fmaxf(m_new, s[g]);
-          any = true;
         }
       }
-      if (!any) continue;  // warp-uniform: an all-masked group leaves the state untouched
+      if (valid == 0) continue;  // warp-uniform: an all-masked group leaves the state untouched
       const float alpha = expf(m - m_new);
       lsum *= alpha;
 #pragma unroll
       for (int d = 0; d < NPL; ++d) acc[d] *= alpha;
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        if (valid[g]) {
+        if (valid >> g & 1u) {
           const float p = expf(s[g] - m_new);
           lsum += p;
           float vt[NPL];
@@ -101,18 +98,17 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp)
 
 }  // namespace
 
-void launch_slot_attention_forward(DType dtype, View4 q, View4 k, View4 v, View4 k_tok,
-                                   View4 v_tok, const bool* mask, int64_t mask_s0,
-                                   int64_t mask_s1, View4 out, float* lse, int64_t B, int64_t K,
-                                   int64_t L, int64_t H, int64_t D, float scale,
-                                   cudaStream_t stream) {
+void launch_slot_attention_forward(DType dtype, View4 q, View4 k, View4 v, View4 k_tok, View4 v_tok,
+                                   const bool* mask, int64_t mask_s0, int64_t mask_s1, View4 out,
+                                   float* lse, int64_t B, int64_t K, int64_t L, int64_t H,
+                                   int64_t D, float scale, cudaStream_t stream) {
   const dim3 grid(blocks_for_rows(B * H * K));
   const dim3 block(kWarpsPerBlock * kWarp);
   MEMKERNELS_DISPATCH_DTYPE(dtype, [&] {
     MEMKERNELS_DISPATCH_HEADDIM(D, [&] {
-      slot_attention_forward_kernel<scalar_t, NPL><<<grid, block, 0, stream>>>(
-          q, k, v, k_tok, v_tok, mask, mask_s0, mask_s1, out, lse, B, K, L, H,
-          static_cast<int>(D), scale);
+      slot_attention_forward_kernel<scalar_t, NPL>
+          <<<grid, block, 0, stream>>>(q, k, v, k_tok, v_tok, mask, mask_s0, mask_s1, out, lse, B,
+                                       K, L, H, static_cast<int>(D), scale);
     });
   });
 }
