@@ -4,7 +4,8 @@ Metadata lives in pyproject.toml; this file builds the CUDA extension
 `memkernels._C` from csrc/ when nvcc is available (a GPU is not needed to
 build). Set MEMKERNELS_CUDA=0 to skip it. The target architectures default to
 sm_80 and sm_90 (TORCH_CUDA_ARCH_LIST="8.0;9.0") unless TORCH_CUDA_ARCH_LIST
-is set. Parallel compilation follows MAX_JOBS (ninja).
+is set; MEMKERNELS_HEAD_DIMS picks the tensor-core head-dim buckets (see
+memkernels/_cuda_build.py). Parallel compilation follows MAX_JOBS (ninja).
 """
 import importlib.util
 import os
@@ -76,11 +77,15 @@ def _extensions():
     ext = cpp_extension.CUDAExtension(
         name="memkernels._C",
         sources=[os.path.relpath(src, ROOT) for src in build.sources()],
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": build.cxx_flags(), "nvcc": build.NVCC_FLAGS},
+        include_dirs=build.include_dirs(),
+        extra_compile_args={"cxx": build.cxx_flags(), "nvcc": build.nvcc_flags()},
     )
+    if build.cutlass_include() is None:
+        _log("CuTe/CUTLASS headers not found (pip install --no-deps nvidia-cutlass==4.2.0.0, or set "
+             "MEMKERNELS_CUTLASS_INCLUDE): building the scalar CUDA kernels only.")
+    dims = ",".join(map(str, build.head_dims())) or "none"
     _log(f"building memkernels._C with {cpp_extension.CUDA_HOME}/bin/nvcc for TORCH_CUDA_ARCH_LIST="
-         f"{os.environ['TORCH_CUDA_ARCH_LIST']}")
+         f"{os.environ['TORCH_CUDA_ARCH_LIST']}, tensor-core head dims {dims}")
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 

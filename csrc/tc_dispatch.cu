@@ -1,0 +1,178 @@
+// Which attention kernels run (tensor-core or scalar), and the tensor-core
+// launchers over the head-dim buckets and dtypes compiled into this build.
+// The buckets are chosen at build time (MEMKERNELS_HEAD_DIMS, see
+// memkernels/_cuda_build.py), which defines MEMKERNELS_TC_HDIM<n> for each.
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include "attention.h"
+#include "tc_config.h"
+
+namespace memkernels {
+namespace {
+
+constexpr int kBuckets[] = {
+#ifdef MEMKERNELS_TC_HDIM64
+    64,
+#endif
+#ifdef MEMKERNELS_TC_HDIM128
+    128,
+#endif
+#ifdef MEMKERNELS_TC_HDIM256
+    256,
+#endif
+    0,  // end marker (keeps the array non-empty when no bucket is compiled)
+};
+
+// The smallest compiled bucket that holds D, or 0.
+int bucket_for(int64_t D) {
+  for (int bucket : kBuckets) {
+    if (bucket != 0 && D <= bucket) return bucket;
+  }
+  return 0;
+}
+
+template <int kHeadDim>
+constexpr int smem_need() {
+  return std::max({ForwardTiles<kHeadDim>::kSmem, BackwardDqTiles<kHeadDim>::kSmem,
+                   BackwardDkdvTiles<kHeadDim>::kSmem});
+}
+
+int smem_need(int bucket) {
+  return bucket == 64 ? smem_need<64>() : bucket == 128 ? smem_need<128>() : smem_need<256>();
+}
+
+// cudaDevAttrMaxSharedMemoryPerBlockOptin per device, queried once.
+int smem_optin(int device) {
+  static int cache[64] = {};
+  if (device < 0 || device >= 64) return 0;
+  if (cache[device] == 0) {
+    int value = 0;
+    if (cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+        cudaSuccess) {
+      cudaGetLastError();  // clear the error: the scalar path will run
+      return 0;
+    }
+    cache[device] = value;
+  }
+  return cache[device];
+}
+
+bool rows_aligned(const TensorRef& t, int64_t D) {
+  const auto address = reinterpret_cast<uintptr_t>(t.ptr);
+  return (t.dim_stride == 1 || D == 1) && address % 16 == 0 && t.batch_stride % 8 == 0 &&
+         t.row_stride % 8 == 0 && t.head_stride % 8 == 0;
+}
+
+template <int kHeadDim>
+void forward_bucket(DType dtype, const AttentionParams& p, cudaStream_t stream) {
+  if (dtype == DType::Float16) {
+    run_tc_forward<kHeadDim, DType::Float16>(p, stream);
+  } else {
+    run_tc_forward<kHeadDim, DType::BFloat16>(p, stream);
+  }
+}
+
+template <int kHeadDim>
+void backward_bucket(DType dtype, const AttentionParams& p, cudaStream_t stream) {
+  if (dtype == DType::Float16) {
+    run_tc_backward_dq<kHeadDim, DType::Float16>(p, stream);
+    run_tc_backward_dkdv<kHeadDim, DType::Float16>(p, stream);
+  } else {
+    run_tc_backward_dq<kHeadDim, DType::BFloat16>(p, stream);
+    run_tc_backward_dkdv<kHeadDim, DType::BFloat16>(p, stream);
+  }
+}
+
+}  // namespace
+
+const char* tensor_core_head_dims() {
+  return ""
+#ifdef MEMKERNELS_TC_HDIM64
+         "64,"
+#endif
+#ifdef MEMKERNELS_TC_HDIM128
+         "128,"
+#endif
+#ifdef MEMKERNELS_TC_HDIM256
+         "256,"
+#endif
+      ;
+}
+
+const char* tensor_core_refusal(DType dtype, int64_t B, int64_t H, int64_t rows, int64_t keys,
+                                int64_t D, const TensorRef* tensors, int n_tensors, int device) {
+  if (dtype == DType::Float32) {
+    return "float32 runs on the scalar kernels (the tensor-core kernels take float16 and "
+           "bfloat16)";
+  }
+  if (D % 8 != 0)
+    return "the head dim is not a multiple of 8 (the tensor-core kernels load 16-byte rows)";
+  const int bucket = bucket_for(D);
+  if (bucket == 0) {
+    return "this build has no tensor-core kernel for this head dim (see MEMKERNELS_HEAD_DIMS and "
+           "the CUTLASS headers at build time)";
+  }
+  for (int i = 0; i < n_tensors; ++i) {
+    if (!rows_aligned(tensors[i], D)) {
+      return "an operand's rows are not 16-byte aligned (a last-dim stride other than 1, or a "
+             "pointer or stride that is not a multiple of 8 elements)";
+    }
+  }
+  // device < 0: kernel_path asked about CPU tensors; answer for a device the tiles fit.
+  if (device >= 0 && smem_optin(device) < smem_need(bucket)) {
+    return "the device's shared-memory opt-in limit is below what the tensor-core tiles need";
+  }
+  // Flattened grids: (b, h, row block) and (b, h, key block, column half).
+  const int64_t blocks =
+      B * H * std::max((rows + kTcRows - 1) / kTcRows, 2 * ((keys + kTcRows - 1) / kTcRows));
+  if (blocks > INT_MAX) return "the grid would exceed 2^31 - 1 blocks";
+  return nullptr;
+}
+
+void launch_tc_forward(DType dtype, const AttentionParams& p, cudaStream_t stream) {
+  switch (bucket_for(p.D)) {
+#ifdef MEMKERNELS_TC_HDIM64
+    case 64:
+      forward_bucket<64>(dtype, p, stream);
+      break;
+#endif
+#ifdef MEMKERNELS_TC_HDIM128
+    case 128:
+      forward_bucket<128>(dtype, p, stream);
+      break;
+#endif
+#ifdef MEMKERNELS_TC_HDIM256
+    case 256:
+      forward_bucket<256>(dtype, p, stream);
+      break;
+#endif
+    default:
+      break;  // unreachable: tensor_core_refusal() refused this head dim
+  }
+}
+
+void launch_tc_backward(DType dtype, const AttentionParams& p, cudaStream_t stream) {
+  switch (bucket_for(p.D)) {
+#ifdef MEMKERNELS_TC_HDIM64
+    case 64:
+      backward_bucket<64>(dtype, p, stream);
+      break;
+#endif
+#ifdef MEMKERNELS_TC_HDIM128
+    case 128:
+      backward_bucket<128>(dtype, p, stream);
+      break;
+#endif
+#ifdef MEMKERNELS_TC_HDIM256
+    case 256:
+      backward_bucket<256>(dtype, p, stream);
+      break;
+#endif
+    default:
+      break;  // unreachable: tensor_core_refusal() refused this head dim
+  }
+}
+
+}  // namespace memkernels
