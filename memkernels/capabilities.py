@@ -66,6 +66,29 @@ AUTO_ORDER = {"cuda": ("triton", "cuda", "torch")}
 DEFAULT_AUTO_ORDER = ("torch",)
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """A faster CUDA-backend kernel an op takes when its inputs allow; the scalar kernels otherwise."""
+    kernel: str
+    dtypes: tuple[torch.dtype, ...]
+    requires: str
+    run_on_gpu: bool  # False: built and compiled only, so it is off unless opted in
+
+
+_TENSOR_CORE_REQUIRES = ("head dim a multiple of 8, up to 128 (256 with MEMKERNELS_HEAD_DIMS=64,128,256 "
+                         "at build time), unit last-dim stride, 16-byte aligned rows")
+CUDA_FAST_PATHS = {
+    "memory_read": FastPath("tensor-core (mma.sync via CuTe)", (FLOAT16, BFLOAT16), _TENSOR_CORE_REQUIRES, False),
+    "slot_attention": FastPath("tensor-core (mma.sync via CuTe)", (FLOAT16, BFLOAT16), _TENSOR_CORE_REQUIRES,
+                               False),
+    "memory_norm": FastPath("vectorized (16-byte loads, one-pass backward)", (FLOAT32, FLOAT16, BFLOAT16),
+                            "rows of whole 16-byte vectors, at most 32 KiB, unit last-dim stride, 16-byte aligned",
+                            False),
+}
+FAST_PATHS_OFF_REASON = ("not yet run on a GPU, so off unless MEMKERNELS_CUDA_FAST_PATHS=1 "
+                         "(or memkernels.cuda_kernels.set_fast_paths(True))")
+
+
 def support(op: str, backend: str, device_type: str) -> Support | None:
     """The backend's support for `op` on this device type, or None if it cannot run there."""
     devices = TABLE[op].get(backend, {})
@@ -97,4 +120,10 @@ def markdown_table() -> str:
                     "any" if entry.max_head_dim is None else f"up to {entry.max_head_dim}"
                 rows.append(f"| `{op}` | `{backend}` | {_device_label(backend, device)} "
                             f"| {', '.join(map(dtype_name, entry.dtypes))} | {auto} | {heads} |")
+    rows += ["", "The `cuda` backend's fast paths (the scalar kernels run wherever one does not):", "",
+             "| op | kernel | dtypes | when | status |", "|---|---|---|---|---|"]
+    for op, path in CUDA_FAST_PATHS.items():
+        status = "on" if path.run_on_gpu else FAST_PATHS_OFF_REASON
+        rows.append(f"| `{op}` | {path.kernel} | {', '.join(map(dtype_name, path.dtypes))} "
+                    f"| {path.requires} | {status} |")
     return "\n".join(rows)

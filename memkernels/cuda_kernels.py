@@ -8,6 +8,11 @@ imports it only once the extension is known to load. The functions here have the
 signatures of `memkernels.reference.<op>_forward` / `<op>_backward` and compute
 the same functions with the same saved statistics (float32 `lse` / `norm`).
 
+Which kernels a call runs: the scalar kernels, or a fast path (tensor-core
+attention for float16/bfloat16, vectorized memory_norm) where the inputs allow
+and the fast paths are on; `kernel_path` says which and why, and
+`capabilities.CUDA_FAST_PATHS` lists the rules.
+
 Fake (meta) implementations are registered for all six ops so that they trace
 under `torch.compile` / FakeTensor: every output is contiguous.
 """
@@ -16,9 +21,32 @@ from torch import Tensor
 
 from memkernels._cuda_build import load
 
-load()  # registers torch.ops.memkernels.*_cuda_*
+_extension = load()  # registers torch.ops.memkernels.*_cuda_*
 
 _ops = torch.ops.memkernels
+
+
+def kernel_path(op: str, *tensors: Tensor) -> str:
+    """"tensor-core", "vectorized" or "scalar: <why>" for `op`'s forward inputs.
+
+    memory_read takes (q, k, v), slot_attention (q, k, v, k_tok, v_tok), memory_norm
+    (m, bias). CPU tensors are answered as if they were on a GPU with enough shared memory.
+    """
+    return _extension.kernel_path(op, list(tensors))
+
+
+def set_fast_paths(enabled: bool) -> None:
+    """Let later calls take the fast paths (True) or only the scalar kernels (False)."""
+    _extension.set_fast_paths(bool(enabled))
+
+
+def fast_paths_enabled() -> bool:
+    return _extension.fast_paths_enabled()
+
+
+def tensor_core_head_dims() -> tuple[int, ...]:
+    """The head-dim buckets this build has tensor-core kernels for (MEMKERNELS_HEAD_DIMS)."""
+    return tuple(int(d) for d in _extension.tensor_core_head_dims().split(",") if d)
 
 
 # memory_read ----------------------------------------------------------------

@@ -29,6 +29,16 @@ def _extension_status() -> str:
     return "built (memkernels._C)" if error is None else f"not available: {error}"
 
 
+def _fast_paths_status() -> str:
+    if dispatch.cuda_extension_error() is not None:
+        return "-"
+    from memkernels import cuda_kernels
+
+    heads = ", ".join(map(str, cuda_kernels.tensor_core_head_dims())) or "none"
+    state = "on" if cuda_kernels.fast_paths_enabled() else f"off ({capabilities.FAST_PATHS_OFF_REASON})"
+    return f"{state}; tensor-core head dims built: {heads}"
+
+
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -69,6 +79,7 @@ def report() -> str:
         f"device     {device.type}: {name}",
         f"TRITON_INTERPRET {'on' if dispatch.triton_interpreter_enabled() else 'off'}",
         f"CUDA extension {_extension_status()}",
+        f"CUDA fast paths {_fast_paths_status()}",
         "",
         f"backends for {device.type} tensors (auto tries {', '.join(capabilities.auto_order(device.type))}):",
     ]
