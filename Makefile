@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.14.1
 CUTLASS_PIN := nvidia-cutlass==4.2.0.0
 READY := $(VENV)/.ready
 
-.PHONY: test bench lint info clean gpu-test
+.PHONY: test bench lint info clean gpu-test gpu-wheels ptxas
 
 $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +63,15 @@ info: $(READY)
 
 clean:
 	rm -rf $(VENV) $(LINT_VENV) build *.egg-info
+
+# The wheels a GPU machine without network needs beside its torch and triton (carried in .whl/).
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download --quiet --no-deps --dest .whl $(CUTLASS_PIN)
+
+# Rebuild the extension with ptxas reports; print registers, spills and shared memory per
+# kernel (csrc/NOTES.md keeps the table), failing if any kernel spills. About 10 minutes on 2 cores.
+ptxas: $(READY)
+	mkdir -p build
+	MEMKERNELS_PTXAS_VERBOSE=1 $(PY) setup.py build_ext --inplace --build-temp build/ptxas > build/ptxas.log 2>&1
+	$(PY) -m memkernels._cuda_build --ptxas-table build/ptxas.log

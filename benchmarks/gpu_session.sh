@@ -5,7 +5,10 @@
 #
 #   tests   build the extension, the whole suite in parallel (pytest-xdist), compute-sanitizer
 #           (memcheck on the kernel tests, racecheck on the kernels that use shared memory),
-#           and tests.txt: device, driver, versions, date, commit, pytest summary, sanitizer.
+#           then the CUDA fast paths (tensor-core attention, vectorized memory_norm; off by
+#           default until they pass here) through the kernel suite and the sanitizers with
+#           MEMKERNELS_CUDA_FAST_PATHS=1, and tests.txt: device, driver, versions, date,
+#           commit, both pytest summaries, the sanitizers.
 #           `make gpu-test` runs this stage. About 5 minutes on an H100.
 #   ops     the op benchmarks (eager and kernel time) and the host-overhead benchmark.
 #   claims  python -m benchmarks.claims with a profile.
@@ -13,7 +16,9 @@
 # Each stage fits one device call (10 minutes); `all` runs them in turn. Every stage ends by
 # packing what it wrote into $OUT/<stage>.tar.gz (the device tool brings back at most 8 files).
 # The torch and triton on the machine are used as they are: the package installs editable with
-# no build isolation and no dependencies. Wheels of anything missing travel in .whl/.
+# no build isolation and no dependencies. Wheels of anything missing travel in .whl/; the
+# tensor-core kernels need the CuTe headers of nvidia-cutlass (`make gpu-wheels` puts its
+# wheel there), without which the extension builds the scalar kernels only and info.txt says so.
 # MEMKERNELS_COMMIT names the commit where the copy on the machine has no .git.
 set -uo pipefail
 STAGE=${1:-all}
@@ -47,7 +52,27 @@ stage_tests() {
   else
     echo "compute-sanitizer is not on this machine" > "$LOGS/memcheck.log"
   fi
+  stage_fast_paths
   $PYTHON -m benchmarks.gpu_summary "$LOGS" | tee "$LOGS/tests.txt"
+}
+
+stage_fast_paths() {
+  export MEMKERNELS_CUDA_FAST_PATHS=1
+  $PYTHON -m memkernels.info > "$LOGS/info-fast-paths.txt" 2>&1
+  $PYTHON -m pytest tests/test_cuda_fast_paths.py tests/test_kernels_memory_read.py \
+    tests/test_kernels_slot_attention.py tests/test_kernels_memory_norm.py tests/test_memory_read.py \
+    tests/test_slot_attention.py tests/test_memory_norm.py -q -rs -p no:cacheprovider -k cuda \
+    -n "${PYTEST_WORKERS:-8}" > "$LOGS/tests-fast-paths.log" 2>&1
+  if command -v compute-sanitizer > /dev/null; then
+    local select="matches_formula and (D64 or D128 or one-row or 3-5-8 or 2-7-520) and bfloat16"
+    compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
+      $PYTHON -m pytest tests/test_cuda_fast_paths.py -q -p no:cacheprovider -k "$select" \
+      > "$LOGS/memcheck-fast-paths.log" 2>&1
+    compute-sanitizer --tool racecheck --error-exitcode 1 --print-limit 20 \
+      $PYTHON -m pytest tests/test_cuda_fast_paths.py -q -p no:cacheprovider -k "$select" \
+      > "$LOGS/racecheck-fast-paths.log" 2>&1
+  fi
+  unset MEMKERNELS_CUDA_FAST_PATHS
 }
 
 stage_ops() {

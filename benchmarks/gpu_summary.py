@@ -2,7 +2,8 @@
 
 Device, driver, torch / triton / CUDA versions, date and commit, the pytest summary line of
 LOG_DIR/tests.log, and the compute-sanitizer results of LOG_DIR/memcheck.log and
-racecheck.log. Committed as benchmarks/results/<device>/tests.txt after each GPU run.
+racecheck.log; then the same for the pass with the CUDA fast paths on (*-fast-paths.log).
+Committed as benchmarks/results/<device>/tests.txt after each GPU run.
 """
 import os
 import re
@@ -47,6 +48,10 @@ def summary(logs: Path) -> str:
         f"pytest      {_last_line_matching(logs / 'tests.log', r'(passed|failed|error)')}",
         f"memcheck    {_last_line_matching(logs / 'memcheck.log', r'ERROR SUMMARY|not on this machine')}",
         f"racecheck   {_last_line_matching(logs / 'racecheck.log', r'RACECHECK SUMMARY|ERROR SUMMARY')}",
+        "with MEMKERNELS_CUDA_FAST_PATHS=1 (tensor-core attention, vectorized memory_norm):",
+        f"pytest      {_last_line_matching(logs / 'tests-fast-paths.log', r'(passed|failed|error)')}",
+        f"memcheck    {_last_line_matching(logs / 'memcheck-fast-paths.log', r'ERROR SUMMARY')}",
+        f"racecheck   {_last_line_matching(logs / 'racecheck-fast-paths.log', r'RACECHECK SUMMARY|ERROR SUMMARY')}",
     ])
 
 
