@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import cuda_bad_inputs
+import pytest
 
 try:
     importlib.import_module("memkernels._C")
@@ -63,5 +62,6 @@ def test_malformed_input_is_a_clear_error(outcomes, case_id, argument):
     assert outcome["type"] == "RuntimeError", outcome
     message = outcome["message"]
     assert message.startswith("memkernels::") or "_cuda_" in message.split(":")[0], message
-    assert re.search(rf"(^|[\s:(]){re.escape(argument)}\b", message), f"the message does not name {argument!r}: {message}"
+    named = re.search(rf"(^|[\s:(]){re.escape(argument)}\b", message)
+    assert named, f"the message does not name {argument!r}: {message}"
     assert "expected" in message or "must be a CUDA tensor" in message, message
