@@ -7,7 +7,6 @@ for CUDA tensors, so without a GPU the cases run on CPU tensors and still reach 
 (on a GPU they run on CUDA tensors). Each must raise a RuntimeError naming the argument and
 saying what was expected.
 """
-import importlib
 import json
 import re
 import subprocess
@@ -17,13 +16,9 @@ from pathlib import Path
 import cuda_bad_inputs
 import pytest
 
-try:
-    importlib.import_module("memkernels._C")
-    _IMPORT_ERROR = None
-except ImportError as error:  # not built
-    _IMPORT_ERROR = f"memkernels._C is not built: {error}"
+from utils import needs_extension
 
-pytestmark = pytest.mark.skipif(_IMPORT_ERROR is not None, reason=_IMPORT_ERROR or "")
+pytestmark = needs_extension
 
 RUNNER = Path(cuda_bad_inputs.__file__)
 CASES = cuda_bad_inputs.cases()

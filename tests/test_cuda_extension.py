@@ -15,16 +15,11 @@ import torch
 
 from memkernels import reference
 
-try:
-    importlib.import_module("memkernels._C")
-    _IMPORT_ERROR = None
-except ImportError as error:  # not built
-    _IMPORT_ERROR = f"memkernels._C is not built: {error}"
+from utils import EXTENSION_IMPORT_ERROR, needs_extension
 
-needs_ext = pytest.mark.skipif(_IMPORT_ERROR is not None, reason=_IMPORT_ERROR or "")
 needs_gpu = pytest.mark.skipif(
-    _IMPORT_ERROR is not None or not torch.cuda.is_available(),
-    reason=_IMPORT_ERROR or "no CUDA GPU on this machine: the CUDA kernels cannot run",
+    EXTENSION_IMPORT_ERROR is not None or not torch.cuda.is_available(),
+    reason=EXTENSION_IMPORT_ERROR or "no CUDA GPU on this machine: the CUDA kernels cannot run",
 )
 
 OPS = [
@@ -70,17 +65,17 @@ def _equal_all(a, b):
     os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")),
     reason="no nvcc here (or MEMKERNELS_CUDA=0): the extension is not expected to be built")
 def test_extension_is_built_wherever_nvcc_exists():
-    assert _IMPORT_ERROR is None, _IMPORT_ERROR
+    assert EXTENSION_IMPORT_ERROR is None, EXTENSION_IMPORT_ERROR
 
 
-@needs_ext
+@needs_extension
 def test_extension_imports():
     module = importlib.import_module("memkernels._C")
     assert module.__name__ == "memkernels._C"
     assert _ck().memory_read_forward is not None
 
 
-@needs_ext
+@needs_extension
 @pytest.mark.parametrize("op", OPS)
 def test_op_registered_for_cuda(op):
     importlib.import_module("memkernels._C")
@@ -88,7 +83,7 @@ def test_op_registered_for_cuda(op):
     assert hasattr(torch.ops.memkernels, op)
 
 
-@needs_ext
+@needs_extension
 def test_cpu_tensors_refused():
     ck = _ck()
     q = torch.randn(1, 3, 2, 8)

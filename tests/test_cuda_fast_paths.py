@@ -7,7 +7,6 @@ to the float64 formulas, on shapes that take several row and key tiles and every
 The kernel suite (tests/test_kernels_*.py) runs them over its shapes when
 MEMKERNELS_CUDA_FAST_PATHS=1 (benchmarks/gpu_session.sh does both passes).
 """
-import importlib
 import os
 
 import pytest
@@ -15,14 +14,9 @@ import torch
 
 import formulas
 from tolerance import assert_matches, assert_statistic, reference_pair
+from utils import needs_extension
 
-try:
-    importlib.import_module("memkernels._C")
-    _IMPORT_ERROR = None
-except ImportError as error:  # not built
-    _IMPORT_ERROR = f"memkernels._C is not built: {error}"
-
-pytestmark = pytest.mark.skipif(_IMPORT_ERROR is not None, reason=_IMPORT_ERROR or "")
+pytestmark = needs_extension
 
 
 def _dtype_id(dtype):

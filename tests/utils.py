@@ -15,6 +15,19 @@ from memkernels import dispatch
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _extension_import_error() -> str | None:
+    try:
+        importlib.import_module("memkernels._C")
+        return None
+    except ImportError as error:  # not built
+        return f"memkernels._C is not built: {error}"
+
+
+# Why the compiled extension cannot be imported here, or None; a mark that skips with it.
+EXTENSION_IMPORT_ERROR = _extension_import_error()
+needs_extension = pytest.mark.skipif(EXTENSION_IMPORT_ERROR is not None, reason=EXTENSION_IMPORT_ERROR or "")
+
+
 def backends_for(dtype):
     """pytest params: every backend, skipped with its reason where it cannot run."""
     params = []
