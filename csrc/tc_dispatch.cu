@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "attention.h"
 #include "tc_config.h"
@@ -85,6 +86,30 @@ void backward_bucket(DType dtype, const AttentionParams& p, cudaStream_t stream)
   }
 }
 
+// Calls f(std::integral_constant<int, bucket>) for the compiled bucket that holds D.
+template <typename F>
+void with_bucket(int64_t D, F&& f) {
+  switch (bucket_for(D)) {
+#ifdef MEMKERNELS_TC_HDIM64
+    case 64:
+      f(std::integral_constant<int, 64>{});
+      break;
+#endif
+#ifdef MEMKERNELS_TC_HDIM128
+    case 128:
+      f(std::integral_constant<int, 128>{});
+      break;
+#endif
+#ifdef MEMKERNELS_TC_HDIM256
+    case 256:
+      f(std::integral_constant<int, 256>{});
+      break;
+#endif
+    default:
+      break;  // unreachable: tensor_core_refusal() refused this head dim
+  }
+}
+
 }  // namespace
 
 const char* tensor_core_head_dims() {
@@ -132,47 +157,11 @@ const char* tensor_core_refusal(DType dtype, int64_t B, int64_t H, int64_t rows,
 }
 
 void launch_tc_forward(DType dtype, const AttentionParams& p, cudaStream_t stream) {
-  switch (bucket_for(p.D)) {
-#ifdef MEMKERNELS_TC_HDIM64
-    case 64:
-      forward_bucket<64>(dtype, p, stream);
-      break;
-#endif
-#ifdef MEMKERNELS_TC_HDIM128
-    case 128:
-      forward_bucket<128>(dtype, p, stream);
-      break;
-#endif
-#ifdef MEMKERNELS_TC_HDIM256
-    case 256:
-      forward_bucket<256>(dtype, p, stream);
-      break;
-#endif
-    default:
-      break;  // unreachable: tensor_core_refusal() refused this head dim
-  }
+  with_bucket(p.D, [&](auto head_dim) { forward_bucket<head_dim.value>(dtype, p, stream); });
 }
 
 void launch_tc_backward(DType dtype, const AttentionParams& p, cudaStream_t stream) {
-  switch (bucket_for(p.D)) {
-#ifdef MEMKERNELS_TC_HDIM64
-    case 64:
-      backward_bucket<64>(dtype, p, stream);
-      break;
-#endif
-#ifdef MEMKERNELS_TC_HDIM128
-    case 128:
-      backward_bucket<128>(dtype, p, stream);
-      break;
-#endif
-#ifdef MEMKERNELS_TC_HDIM256
-    case 256:
-      backward_bucket<256>(dtype, p, stream);
-      break;
-#endif
-    default:
-      break;  // unreachable: tensor_core_refusal() refused this head dim
-  }
+  with_bucket(p.D, [&](auto head_dim) { backward_bucket<head_dim.value>(dtype, p, stream); });
 }
 
 }  // namespace memkernels
