@@ -85,8 +85,8 @@ CUDA_FAST_PATHS = {
                             "rows of whole 16-byte vectors, at most 32 KiB, unit last-dim stride, 16-byte aligned",
                             False),
 }
-FAST_PATHS_OFF_REASON = ("not yet run on a GPU, so off unless MEMKERNELS_CUDA_FAST_PATHS=1 "
-                         "(or memkernels.cuda_kernels.set_fast_paths(True))")
+FAST_PATHS_OFF_REASON = ("not yet run on a GPU; MEMKERNELS_CUDA_FAST_PATHS=1 "
+                         "(or memkernels.cuda_kernels.set_fast_paths(True)) turns them on")
 
 
 def support(op: str, backend: str, device_type: str) -> Support | None:
@@ -123,7 +123,7 @@ def markdown_table() -> str:
     rows += ["", "The `cuda` backend's fast paths (the scalar kernels run wherever one does not):", "",
              "| op | kernel | dtypes | when | status |", "|---|---|---|---|---|"]
     for op, path in CUDA_FAST_PATHS.items():
-        status = "on" if path.run_on_gpu else FAST_PATHS_OFF_REASON
+        status = "on" if path.run_on_gpu else f"off: {FAST_PATHS_OFF_REASON}"
         rows.append(f"| `{op}` | {path.kernel} | {', '.join(map(dtype_name, path.dtypes))} "
                     f"| {path.requires} | {status} |")
     return "\n".join(rows)
