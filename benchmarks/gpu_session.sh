@@ -18,7 +18,9 @@
 # The torch and triton on the machine are used as they are: the package installs editable with
 # no build isolation and no dependencies. Wheels of anything missing travel in .whl/; the
 # tensor-core kernels need the CuTe headers of nvidia-cutlass (`make gpu-wheels` puts its
-# wheel there), without which the extension builds the scalar kernels only and info.txt says so.
+# wheel there, 6.4 MB), without which the extension builds the scalar kernels only and info.txt
+# says so. From the device tool: command `bash benchmarks/gpu_session.sh tests`, carry [".whl"].
+# With 15 minutes of device time a session, run `tests` first: it is what the issues wait on.
 # MEMKERNELS_COMMIT names the commit where the copy on the machine has no .git.
 set -uo pipefail
 STAGE=${1:-all}
