@@ -39,18 +39,35 @@ MAX_JOBS=${MAX_JOBS:-16} $PYTHON -m pip install --no-build-isolation --no-deps -
   || echo "the extension build failed: see build.log"
 $PYTHON -m memkernels.info > "$LOGS/info.txt" 2>&1
 
+# Runs "${@:3}" into the log $2 for at most $1 seconds, so that one hang cannot spend the
+# whole device call; a timeout ends the log with "error: timed out", which the summary shows.
+bounded() {
+  local seconds=$1 log=$2
+  shift 2
+  timeout -k 10 "$seconds" "$@" > "$log" 2>&1
+  local rc=$?
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "error: timed out after $seconds s" >> "$log"; fi
+  return $rc
+}
+
+# Seconds per step of the tests stage: with the build (about a minute) within one 600 s call.
+SUITE_S=${SUITE_S:-220}
+SANITIZER_S=${SANITIZER_S:-50}
+FAST_SUITE_S=${FAST_SUITE_S:-90}
+FAST_SANITIZER_S=${FAST_SANITIZER_S:-35}
+
 stage_tests() {
-  $PYTHON -m pytest tests -q -rs -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" > "$LOGS/tests.log" 2>&1
+  bounded "$SUITE_S" "$LOGS/tests.log" $PYTHON -m pytest tests -q -rs -p no:cacheprovider -n "${PYTEST_WORKERS:-8}"
   if command -v compute-sanitizer > /dev/null; then
     # Small shapes of every kernel backend; the sanitizer slows each launch a hundredfold.
     local kernels=(tests/test_kernels_memory_read.py tests/test_kernels_slot_attention.py
                    tests/test_kernels_memory_norm.py)
-    compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
-      $PYTHON -m pytest "${kernels[@]}" -q -p no:cacheprovider -k "matches_formula and cuda and float32 and (K7 or K1 or W40)" \
-      > "$LOGS/memcheck.log" 2>&1
-    compute-sanitizer --tool racecheck --error-exitcode 1 --print-limit 20 \
-      $PYTHON -m pytest "${kernels[@]}" -q -p no:cacheprovider -k "matches_formula and cuda and bfloat16 and (K7 or W40)" \
-      > "$LOGS/racecheck.log" 2>&1
+    bounded "$SANITIZER_S" "$LOGS/memcheck.log" compute-sanitizer --tool memcheck --error-exitcode 1 \
+      --print-limit 20 $PYTHON -m pytest "${kernels[@]}" -q -p no:cacheprovider \
+      -k "matches_formula and cuda and float32 and (K7 or K1 or W40)"
+    bounded "$SANITIZER_S" "$LOGS/racecheck.log" compute-sanitizer --tool racecheck --error-exitcode 1 \
+      --print-limit 20 $PYTHON -m pytest "${kernels[@]}" -q -p no:cacheprovider \
+      -k "matches_formula and cuda and bfloat16 and (K7 or W40)"
   else
     echo "compute-sanitizer is not on this machine" > "$LOGS/memcheck.log"
   fi
@@ -61,18 +78,18 @@ stage_tests() {
 stage_fast_paths() {
   export MEMKERNELS_CUDA_FAST_PATHS=1
   $PYTHON -m memkernels.info > "$LOGS/info-fast-paths.txt" 2>&1
-  $PYTHON -m pytest tests/test_cuda_fast_paths.py tests/test_kernels_memory_read.py \
-    tests/test_kernels_slot_attention.py tests/test_kernels_memory_norm.py tests/test_memory_read.py \
-    tests/test_slot_attention.py tests/test_memory_norm.py -q -rs -p no:cacheprovider -k cuda \
-    -n "${PYTEST_WORKERS:-8}" > "$LOGS/tests-fast-paths.log" 2>&1
+  bounded "$FAST_SUITE_S" "$LOGS/tests-fast-paths.log" $PYTHON -m pytest tests/test_cuda_fast_paths.py \
+    tests/test_kernels_memory_read.py tests/test_kernels_slot_attention.py tests/test_kernels_memory_norm.py \
+    tests/test_memory_read.py tests/test_slot_attention.py tests/test_memory_norm.py -q -rs \
+    -p no:cacheprovider -k cuda -n "${PYTEST_WORKERS:-8}"
   if command -v compute-sanitizer > /dev/null; then
     local select="matches_formula and (D64 or D128 or one-row or 3-5-8 or 2-7-520) and bfloat16"
-    compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
-      $PYTHON -m pytest tests/test_cuda_fast_paths.py -q -p no:cacheprovider -k "$select" \
-      > "$LOGS/memcheck-fast-paths.log" 2>&1
-    compute-sanitizer --tool racecheck --error-exitcode 1 --print-limit 20 \
-      $PYTHON -m pytest tests/test_cuda_fast_paths.py -q -p no:cacheprovider -k "$select" \
-      > "$LOGS/racecheck-fast-paths.log" 2>&1
+    bounded "$FAST_SANITIZER_S" "$LOGS/memcheck-fast-paths.log" compute-sanitizer --tool memcheck \
+      --error-exitcode 1 --print-limit 20 $PYTHON -m pytest tests/test_cuda_fast_paths.py -q \
+      -p no:cacheprovider -k "$select"
+    bounded "$FAST_SANITIZER_S" "$LOGS/racecheck-fast-paths.log" compute-sanitizer --tool racecheck \
+      --error-exitcode 1 --print-limit 20 $PYTHON -m pytest tests/test_cuda_fast_paths.py -q \
+      -p no:cacheprovider -k "$select"
   fi
   unset MEMKERNELS_CUDA_FAST_PATHS
 }
