@@ -39,8 +39,31 @@ def _training_or_inference_step(forward, inputs, mode):
     return step
 
 
+# The CUDA backend twice: as `auto` runs it (scalar kernels) and with its fast paths on.
+FAST = "memkernels-cuda-fast"
+
+
 def _impls(peer_table):
-    return [f"memkernels-{b}" for b in backends_here(DTYPE)] + list(peer_table(DEVICE))
+    ours = [f"memkernels-{b}" for b in backends_here(DTYPE)]
+    return ours + ([FAST] if "memkernels-cuda" in ours else []) + list(peer_table(DEVICE))
+
+
+def _backend(impl: str) -> str:
+    return "cuda" if impl == FAST else impl.removeprefix("memkernels-")
+
+
+def _with_fast_paths(step):
+    """step with the CUDA fast paths on for its duration (forward and backward)."""
+    from memkernels import cuda_kernels
+
+    def run():
+        before = cuda_kernels.fast_paths_enabled()
+        cuda_kernels.set_fast_paths(True)
+        try:
+            step()
+        finally:
+            cuda_kernels.set_fast_paths(before)
+    return run
 
 
 def _tensors(shapes, grad):
@@ -51,7 +74,8 @@ def _bench(measure, benchmark, op, mode, impl, shape, shapes, forward_of, costs)
     """Benchmark forward_of(tensors) on fresh inputs of `shapes` per set."""
     def make_step(_set_index):
         inputs = _tensors(shapes, grad=mode != "fwd")
-        return _training_or_inference_step(lambda: forward_of(inputs), inputs, mode)
+        step = _training_or_inference_step(lambda: forward_of(inputs), inputs, mode)
+        return _with_fast_paths(step) if impl == FAST else step
 
     set_bytes = sum(torch.Size(s).numel() for s in shapes) * SIZE
     benchmark.group = f"{op} {mode} {' '.join(f'{n}{v}' for n, v in zip(_dims(op), shape))} {DTYPE}"
@@ -75,7 +99,7 @@ def test_memory_read(measure, benchmark, shape, impl, mode):
     B, L, K, H, D = shape
     scale = D ** -0.5
     if impl.startswith("memkernels-"):
-        backend = impl.removeprefix("memkernels-")
+        backend = _backend(impl)
         forward_of = lambda t: memkernels.memory_read(*t, scale=scale, backend=backend)  # noqa: E731
     else:
         peer = peers.memory_read_peers(DEVICE)[impl]
@@ -91,7 +115,7 @@ def test_slot_attention(measure, benchmark, shape, impl, mode):
     B, L, K, H, D = shape
     tau, scale = 0.25, D ** -0.5
     if impl.startswith("memkernels-"):
-        backend = impl.removeprefix("memkernels-")
+        backend = _backend(impl)
         forward_of = lambda t: memkernels.slot_attention(*t, tau=tau, backend=backend)  # noqa: E731
     else:
         peer = peers.slot_attention_peers(DEVICE)[impl]
@@ -107,7 +131,7 @@ def test_memory_norm(measure, benchmark, shape, impl, mode):
     B, K, W = shape
     eps = 1e-12
     if impl.startswith("memkernels-"):
-        backend = impl.removeprefix("memkernels-")
+        backend = _backend(impl)
         forward_of = lambda t: memkernels.memory_norm(*t, eps=eps, backend=backend)  # noqa: E731
     else:
         peer = peers.memory_norm_peers(DEVICE)[impl]
