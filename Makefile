@@ -34,6 +34,7 @@ bench: $(READY)
 		--benchmark-json=$(BENCH_OUT)/overhead.json --benchmark-columns=median,iqr,rounds
 	$(PY) -m benchmarks.report $(BENCH_OUT)/ops.json | tee $(BENCH_OUT)/ops.md
 	$(PY) -m benchmarks.report $(BENCH_OUT)/overhead.json | tee $(BENCH_OUT)/overhead.md
+	$(PY) -m benchmarks.overhead_pairs | tee $(BENCH_OUT)/overhead_pairs.md
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PY) -m benchmarks.claims --out $(BENCH_OUT); \
 	else \

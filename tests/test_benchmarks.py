@@ -64,3 +64,14 @@ def test_overhead_benchmark_compares_with_a_plain_function(tmp_path):
         assert {("memkernels-torch", mode), ("plain-function", mode), ("normalize", mode)} <= impls
     assert all(b["extra_info"]["median_us_per_call"] > 0 for b in benches)
     assert "vs plain autograd.Function" in report.table({"benchmarks": benches})
+
+
+def test_overhead_pairs_print_a_ratio_per_op_and_mode():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.overhead_pairs", "3"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| memory")
+            or line.startswith("| slot")]
+    assert {(op.strip(), mode.strip()) for op, mode, *_ in rows} == {
+        (op, mode) for op in ("memory_read", "slot_attention", "memory_norm") for mode in ("fwd_grad", "fwd_bwd")}
+    assert all(float(row[-1].strip().removesuffix("x")) > 0 for row in rows)
