@@ -192,17 +192,18 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--ptxas-table":
         with open(sys.argv[2]) as f:
             table = ptxas_table(f.read())
+        names = {kernel: _demangled(kernel) for kernel in {r["kernel"] for r in table}}  # c++filt once each
         seen = set()
         print("| kernel | arch | registers | spill stores / loads (bytes) | static smem (bytes) |")
         print("|---|---|---|---|---|")
-        for row in sorted(table, key=lambda r: (_demangled(r["kernel"]), r["arch"])):
+        for row in sorted(table, key=lambda r: (names[r["kernel"]], r["arch"])):
             key = (row["kernel"], row["arch"])
             if key in seen:
                 continue
             seen.add(key)
-            print(f"| `{_demangled(row['kernel'])}` | {row['arch']} | {row['registers']} | "
+            print(f"| `{names[row['kernel']]}` | {row['arch']} | {row['registers']} | "
                   f"{row.get('spill_stores', 0)} / {row.get('spill_loads', 0)} | {row['static_smem']} |")
-        spilling = sorted({_demangled(r["kernel"]) for r in table if r.get("spill_stores") or r.get("spill_loads")})
+        spilling = sorted({names[r["kernel"]] for r in table if r.get("spill_stores") or r.get("spill_loads")})
         if not table or spilling:
             print("no ptxas reports in the log (built without MEMKERNELS_PTXAS_VERBOSE=1?)" if not table
                   else "kernels that spill registers:\n  " + "\n  ".join(spilling), file=sys.stderr)

@@ -12,6 +12,8 @@ import os
 import pytest
 import torch
 
+from memkernels import _cuda_build
+
 import formulas
 from tolerance import assert_matches, assert_statistic, reference_pair
 from utils import needs_extension
@@ -72,17 +74,18 @@ def test_switched_off_every_op_takes_the_scalar_kernels(cuda_kernels):
 
 
 def test_build_has_the_requested_head_dim_buckets(cuda_kernels):
-    requested = os.environ.get("MEMKERNELS_HEAD_DIMS", "64,128")
-    if requested.strip().lower() == "none":
-        pytest.skip("built with MEMKERNELS_HEAD_DIMS=none: no tensor-core kernels to check")
-    assert cuda_kernels.tensor_core_head_dims() == tuple(sorted(int(d) for d in requested.split(",")))
+    assert cuda_kernels.tensor_core_head_dims() == _cuda_build.head_dims()
+
+
+def _require_bucket(cuda_kernels, D):
+    if not any(D <= bucket for bucket in cuda_kernels.tensor_core_head_dims()):
+        pytest.skip(f"this build has no tensor-core bucket for D={D}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=_dtype_id)
 @pytest.mark.parametrize("D", [8, 24, 64, 72, 128, 136, 256])
 def test_tensor_cores_take_16_bit_head_dims_that_are_multiples_of_8(fast_paths, dtype, D):
-    if not any(D <= bucket for bucket in fast_paths.tensor_core_head_dims()):
-        pytest.skip(f"this build has no tensor-core bucket for D={D}")
+    _require_bucket(fast_paths, D)
     assert fast_paths.kernel_path("memory_read", *_attention(2, 5, 3, 2, D, dtype)) == "tensor-core"
     assert fast_paths.kernel_path("slot_attention", *_slot(2, 3, 5, 2, D, dtype)) == "tensor-core"
 
@@ -162,11 +165,6 @@ GPU_SHAPES = [  # B, rows, keys, H, D: several row and key tiles, every bucket, 
     pytest.param(1, 33, 90, 2, 256, id="D256"),
     pytest.param(3, 1, 1, 1, 8, id="one-row-one-key"),
 ]
-
-
-def _require_bucket(cuda_kernels, D):
-    if not any(D <= bucket for bucket in cuda_kernels.tensor_core_head_dims()):
-        pytest.skip(f"this build has no tensor-core bucket for D={D}")
 
 
 @needs_gpu
