@@ -1,6 +1,7 @@
 """Reproduce the paper's efficiency claims side by side, in one run, at steady state.
 
     python -m benchmarks.claims [--quick] [--device cuda] [--dtype bfloat16] [--out DIR] [--profile]
+                                [--memory-sizes N ...] [--speed-memories N ...] [--horizons N ...]
 
 Both models get the same engineering: the same dtype; the same head, the
 adaptive softmax of Transformer-XL's WikiText-103 recipe (cutoffs 20k/40k/200k,
@@ -33,10 +34,15 @@ Memformer runs with the fused backend ("auto") and the reference backend
 ("torch") where a fused one exists, so the kernels' own contribution shows.
 `--quick` shrinks the models and sizes (same method, same keys) to run in well
 under a minute on a CPU: its numbers check the method, not the paper's setting.
+`--memory-sizes`, `--speed-memories` (TXL's; Memformer's slots must be among them) and
+`--horizons` keep the models and measure fewer points, as `gpu_session.sh quick` does
+(memory 1024 and 2048, speed at 1024, MRBP at horizon 4); without horizon 16 the MRBP
+growth from horizon 4 to 16 is not measured (None).
 Writes claims.json, claims.md and three PNG plots to --out, tagged with
 device, versions, date and git commit (benchmarks/claims_report.py).
 """
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -318,6 +324,7 @@ def summarise(memory_rows, speed_result, mrbp_rows, backends) -> dict:
         return train[f"{fused}/{scheme}/h{horizon}"]
 
     base = row("bptt", h4)
+    delta = row("mrbp", h16)["peak_bytes"] - row("mrbp", h4)["peak_bytes"] if h16 == 16 else None
     return {
         "memory_ratio_at_max": largest["txl_peak_bytes"] / largest[f"{memformer}_peak_bytes"],
         "memory_minus_weights_ratio_at_max":
@@ -339,8 +346,20 @@ def summarise(memory_rows, speed_result, mrbp_rows, backends) -> dict:
         "mrbp_speed": base["seconds_per_step"] / row("mrbp", h4)["seconds_per_step"],
         "checkpoint_memory_ratio": row("checkpointed_bptt", h4)["peak_bytes"] / base["peak_bytes"],
         "checkpoint_speed": base["seconds_per_step"] / row("checkpointed_bptt", h4)["seconds_per_step"],
-        "mrbp_memory_delta_horizon16_bytes": row("mrbp", h16)["peak_bytes"] - row("mrbp", h4)["peak_bytes"],
+        "mrbp_memory_delta_horizon16_bytes": delta,
     }
+
+
+def fewer_points(setting, memory_sizes=None, speed_memories=None, horizons=None) -> Setting:
+    """`setting` measured at fewer memory sizes, TXL speed memories or MRBP horizons."""
+    changes = {"memory_sizes": memory_sizes, "txl_speed_memories": speed_memories, "mrbp_horizons": horizons}
+    reduced = dataclasses.replace(setting, **{k: tuple(v) for k, v in changes.items() if v})
+    if reduced.speed_memory not in reduced.txl_speed_memories:
+        raise ValueError(f"--speed-memories must include Memformer's {reduced.speed_memory} slots "
+                         f"(the speed ratio compares them), got {list(reduced.txl_speed_memories)}")
+    if min(reduced.mrbp_horizons) != 4:
+        raise ValueError(f"--horizons must include 4 (the ratios are taken there), got {list(reduced.mrbp_horizons)}")
+    return reduced
 
 
 def git_commit() -> str:
@@ -396,11 +415,18 @@ def main(argv=None):
     parser.add_argument("--out", default="benchmarks/results/local", help="directory for claims.json/.md and plots")
     parser.add_argument("--profile", action="store_true",
                         help="also write a torch.profiler trace (trace.json, open in Perfetto or chrome://tracing)")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", help="memory sizes of the memory claim")
+    parser.add_argument("--speed-memories", type=int, nargs="+",
+                        help="TXL memories of the speed claim (must include Memformer's slots, 1024)")
+    parser.add_argument("--horizons", type=int, nargs="+", help="MRBP horizons (must include 4)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    setting = QUICK if args.quick else FULL
+    try:
+        setting = fewer_points(QUICK if args.quick else FULL, args.memory_sizes, args.speed_memories, args.horizons)
+    except ValueError as error:
+        parser.error(str(error))
     fused = dispatch.select("memory_read", "auto", device, dtype)
     backends = {"fused": "auto", "reference": "torch"} if fused != "torch" else {"reference": "torch"}
     os.makedirs(args.out, exist_ok=True)

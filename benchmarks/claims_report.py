@@ -29,6 +29,10 @@ def _x(value):
     return f"{value:.2f}x"
 
 
+def _mib(value):
+    return "not measured" if value is None else f"{value / MIB:.1f} MiB"
+
+
 def headline(result) -> list[str]:
     s, largest = result["summary"], result["memory"][-1]["memory_size"]
     speed_memory = result["speed"]["memformer_memory"]
@@ -66,7 +70,7 @@ def headline(result) -> list[str]:
         f"{PAPER['checkpoint_memory_ratio']:.2f} | checkpointing / BPTT |",
         f"| training speed, horizon 4 | x{s['checkpoint_speed']:.2f} | x{PAPER['checkpoint_speed']:.2f} "
         "| checkpointing / BPTT |",
-        f"| MRBP peak memory added by horizon 16 over 4 | {s['mrbp_memory_delta_horizon16_bytes'] / MIB:.1f} MiB | "
+        f"| MRBP peak memory added by horizon 16 over 4 | {_mib(s['mrbp_memory_delta_horizon16_bytes'])} | "
         f"{PAPER['mrbp_memory_delta_horizon16_mb']} MB | difference, not a ratio |",
     ]
 
