@@ -11,12 +11,26 @@ Two figures per call, with their peers measured in the same run:
   reads its inputs from HBM, as the bandwidth columns assume. On a CPU there is no separate
   device clock, and the kernel time is the eager time.
 
+Two ceilings are measured once per run, on the same device: the copy bandwidth (a
+device-to-device copy far larger than L2, bytes read plus bytes written) and the matrix-multiply
+rate (bfloat16 on CUDA, float32 on a CPU). An entry's roofline time is the larger of its bytes
+over the one and its FLOPs over the other (docs/SPEC.md's cost model); % of roofline is that
+time over the kernel time.
+
 `extra_info` of every entry: kind, op, mode (fwd | fwd_bwd), impl, shape ([B, L, K, H, D]
-or [B, K, W]), dtype, device, eager and kernel ms per call, GB/s and TFLOP/s by docs/SPEC.md's
-cost model from the kernel time, % of the copy bandwidth measured in this run (also with
-L2 out of the picture), and peak device memory.
+or [B, K, W]), dtype, device, eager and kernel ms per call, GB/s and TFLOP/s by the cost model
+from the kernel time, % of the copy bandwidth, both ceilings, the roofline time and % of it,
+the input sets rotated and the L2 size, and peak device memory.
+
+Environment: MEMKERNELS_BENCH=quick takes the shapes of `gpu_session.sh quick` and fewer
+rounds per entry; MEMKERNELS_BENCH_WARM_ONLY=1 runs each entry's calls twice without timing
+them (to fill the compile caches ahead of a timed run); MEMKERNELS_BENCH_JSONL=PATH appends
+each entry to PATH as it is measured, so a run cut short keeps what it measured
+(`python -m benchmarks.report --json PATH` turns it into pytest-benchmark JSON).
 """
+import json
 import math
+import os
 import statistics
 import time
 
@@ -28,6 +42,31 @@ from memkernels import dispatch
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _DEFAULT_L2_BYTES = 64 * 2**20
 _MAX_INPUT_SETS = 256
+PROFILES = ("full", "quick")
+PROFILE = os.environ.get("MEMKERNELS_BENCH", "full")
+if PROFILE not in PROFILES:
+    raise ValueError(f"MEMKERNELS_BENCH must be one of {PROFILES}, got {PROFILE!r}")
+MAX_ROUNDS, GRAPH_REPEATS = (15, 10) if PROFILE == "quick" else (50, 20)
+WARM_ONLY = os.environ.get("MEMKERNELS_BENCH_WARM_ONLY") == "1"
+MATMUL_DTYPE, MATMUL_SIZE = (torch.bfloat16, 8192) if DEVICE.type == "cuda" else (torch.float32, 512)
+
+
+def pytest_collection_modifyitems(items):
+    """The op benchmarks in the order that a run stopped at its bound loses least: memory_norm
+    first (few, cheap entries), then shape by shape, every op and implementation at a shape
+    before the next shape."""
+    first_seen: dict = {}
+    for item in items:
+        shape = getattr(item, "callspec", None) and item.callspec.params.get("shape")
+        first_seen.setdefault(shape, len(first_seen))
+
+    def order(indexed):
+        index, item = indexed
+        if not item.nodeid.startswith("benchmarks/test_ops.py"):
+            return (2, 0, index)
+        return (0 if "memory_norm" in item.name else 1, first_seen[item.callspec.params["shape"]], index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=order)]
 
 
 def synchronize():
@@ -57,8 +96,7 @@ def _seconds(fn, reps):
     return (time.perf_counter() - start) / reps
 
 
-@pytest.fixture(scope="session")
-def copy_bandwidth():
+def measure_copy_bandwidth() -> float:
     """Bytes read plus bytes written per second for a device-to-device copy far larger than L2."""
     elements = (256 if DEVICE.type == "cuda" else 32) * 2**20
     src = torch.randn(elements, device=DEVICE)
@@ -68,10 +106,41 @@ def copy_bandwidth():
     return 2 * src.numel() * src.element_size() / seconds
 
 
-def graph_kernel_ms(make_step, set_bytes: int, repeats: int = 20) -> float:
+def measure_matmul_rate() -> float:
+    """FLOP/s of a square MATMUL_SIZE matrix product in MATMUL_DTYPE (2 n^3 FLOPs per product)."""
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=DEVICE, dtype=MATMUL_DTYPE)
+    b, out = torch.randn_like(a), torch.empty_like(a)
+    for _ in range(3):
+        torch.matmul(a, b, out=out)
+    seconds = min(_seconds(lambda: torch.matmul(a, b, out=out), 10) for _ in range(3))
+    return 2 * MATMUL_SIZE**3 / seconds
+
+
+def roofline_ms(bytes_moved: float, flops: float, bandwidth: float, flop_rate: float) -> float:
+    """The least time an op can take: its bytes at the copy bandwidth or its FLOPs at the
+    matrix-multiply rate, whichever is longer."""
+    return 1e3 * max(bytes_moved / bandwidth, flops / flop_rate)
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth():
+    return measure_copy_bandwidth()
+
+
+@pytest.fixture(scope="session")
+def matmul_rate():
+    return measure_matmul_rate()
+
+
+def input_sets(set_bytes: int) -> int:
+    """Input sets to rotate over so that their working set is at least three times L2."""
+    return max(1, min(_MAX_INPUT_SETS, math.ceil(3 * l2_bytes() / max(set_bytes, 1))))
+
+
+def graph_kernel_ms(make_step, set_bytes: int, repeats: int = GRAPH_REPEATS) -> float:
     """Median device time per call of make_step(i)() over rotating input sets, from CUDA-graph
     replays timed with events."""
-    n_sets = max(1, min(_MAX_INPUT_SETS, math.ceil(3 * l2_bytes() / max(set_bytes, 1))))
+    n_sets = input_sets(set_bytes)
     steps = [make_step(i) for i in range(n_sets)]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -95,13 +164,25 @@ def graph_kernel_ms(make_step, set_bytes: int, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
+def _append_jsonl(path: str, benchmark, extra: dict):
+    entry = {"group": benchmark.group, "name": benchmark.name, "fullname": benchmark.fullname,
+             "stats": {"median": benchmark.stats.stats.median}, "extra_info": extra}
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
 @pytest.fixture
-def measure(benchmark, copy_bandwidth):
+def measure(benchmark, copy_bandwidth, matmul_rate):
     """measure(info, make_step, set_bytes, bytes_moved, flops): benchmark make_step(0) eagerly
     and, on CUDA, make_step(i) for rotating i in a CUDA graph; record the figures."""
 
     def run(info: dict, make_step, set_bytes: int, bytes_moved: float, flops: float):
         fn = make_step(0)
+        if WARM_ONLY:
+            fn()
+            fn()
+            synchronize()
+            return
         for _ in range(3):
             fn()
         once = _seconds(fn, 1)
@@ -115,10 +196,13 @@ def measure(benchmark, copy_bandwidth):
                 fn()
             synchronize()
 
-        benchmark.pedantic(timed, rounds=max(5, min(50, int(0.5 / (once * reps)))), warmup_rounds=1)
+        benchmark.pedantic(timed, rounds=max(5, min(MAX_ROUNDS, int(0.5 / (once * reps)))), warmup_rounds=1)
         eager_ms = benchmark.stats.stats.median / reps * 1e3
         extra = {**info, "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
-                 "reps_per_round": reps, "median_ms_per_call": eager_ms, "copy_GB_per_s": copy_bandwidth / 1e9}
+                 "reps_per_round": reps, "median_ms_per_call": eager_ms, "copy_GB_per_s": copy_bandwidth / 1e9,
+                 "matmul_TFLOP_per_s": matmul_rate / 1e12, "matmul_dtype": str(MATMUL_DTYPE).removeprefix("torch."),
+                 "roofline_ms": roofline_ms(bytes_moved, flops, copy_bandwidth, matmul_rate),
+                 "input_sets": input_sets(set_bytes) if DEVICE.type == "cuda" else 1, "l2_MiB": l2_bytes() / 2**20}
         if DEVICE.type == "cuda":
             extra["peak_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
             try:
@@ -133,7 +217,10 @@ def measure(benchmark, copy_bandwidth):
             "GB_per_s": seconds and bytes_moved / seconds / 1e9,
             "pct_of_copy_bandwidth": seconds and 100 * bytes_moved / seconds / copy_bandwidth,
             "TFLOP_per_s": seconds and flops / seconds / 1e12,
+            "pct_of_roofline": seconds and 100 * extra["roofline_ms"] / kernel_ms,
         })
         benchmark.extra_info.update(extra)
+        if path := os.environ.get("MEMKERNELS_BENCH_JSONL"):
+            _append_jsonl(path, benchmark, extra)
 
     return run

@@ -1,17 +1,31 @@
 """Summarise pytest-benchmark JSON of benchmarks/test_ops.py and test_overhead.py as markdown.
 
     python -m benchmarks.report ops.json [overhead.json ...]
+    python -m benchmarks.report --json ops.jsonl > ops.json
 
 Kernel entries, per group (op, mode, shape, dtype): eager ms per call, kernel ms per call
 (CUDA-graph replay, working set above L2; the eager time on a CPU), GB/s and % of the copy
-bandwidth from the kernel time, and speed against the fastest peer on both clocks.
-Overhead entries, per (op, mode): microseconds per call and the ratio to the plain
-autograd.Function over the same reference math.
+bandwidth from the kernel time, % of the roofline (the copy bandwidth and matrix-multiply
+rate measured in the same run), and speed against the fastest peer on both clocks; an SDPA
+entry names the SDPA kernel that ran. Overhead entries, per (op, mode): microseconds per call
+and the ratio to the plain autograd.Function over the same reference math.
+
+A `.jsonl` file (MEMKERNELS_BENCH_JSONL, one entry per line as measured) reads like the JSON
+of a run; `--json` prints it as pytest-benchmark JSON marked `"partial": true`, for the tools
+that take ops.json when a run was cut short.
 """
 import json
 import sys
 
 MEMKERNELS = "memkernels-"
+
+
+def load(path: str) -> dict:
+    """A pytest-benchmark JSON report, or the entries of a .jsonl file as one (partial)."""
+    with open(path) as f:
+        if not path.endswith(".jsonl"):
+            return json.load(f)
+        return {"partial": True, "benchmarks": [json.loads(line) for line in f if line.strip()]}
 
 
 def _fmt(value, spec):
@@ -28,9 +42,24 @@ def _best_peer(benches, key):
     return min(times) if times else None
 
 
+def _label(info) -> str:
+    return f"{info['impl']} ({info['sdpa_kernel']})" if "sdpa_kernel" in info else info["impl"]
+
+
+def ceilings(benches: list) -> str:
+    """The run's copy bandwidth and matrix-multiply rate, from its first kernel entry."""
+    info = next((b["extra_info"] for b in benches if "copy_GB_per_s" in b["extra_info"]), None)
+    if info is None:
+        return "ceilings: not recorded"
+    matmul = f"{info['matmul_TFLOP_per_s']:.3g} TFLOP/s ({info['matmul_dtype']} matmul)" \
+        if "matmul_TFLOP_per_s" in info else "matmul rate not recorded"
+    return f"ceilings measured in this run: copy {info['copy_GB_per_s']:.0f} GB/s (read + write), {matmul}"
+
+
 def kernel_table(benches: list) -> list[str]:
-    lines = ["| group | impl | eager ms/call | kernel ms/call | GB/s | % copy BW | vs best peer (eager) "
-             "| vs best peer (kernel) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [ceilings(benches), "",
+             "| group | impl | eager ms/call | kernel ms/call | GB/s | % copy BW | % roofline | vs best peer (eager) "
+             "| vs best peer (kernel) |", "|---|---|---|---|---|---|---|---|---|"]
     groups: dict[str, list] = {}
     for bench in benches:
         groups.setdefault(bench["group"], []).append(bench)
@@ -44,8 +73,9 @@ def kernel_table(benches: list) -> list[str]:
         for bench in order:
             info = bench["extra_info"]
             lines.append(
-                f"| {group} | {info['impl']} | {info['median_ms_per_call']:.4f} | {_fmt(info.get('kernel_ms'), '.4f')} "
+                f"| {group} | {_label(info)} | {info['median_ms_per_call']:.4f} | {_fmt(info.get('kernel_ms'), '.4f')} "
                 f"| {_fmt(info.get('GB_per_s'), '.1f')} | {_fmt(info.get('pct_of_copy_bandwidth'), '.1f')} "
+                f"| {_fmt(info.get('pct_of_roofline'), '.1f')} "
                 f"| {_ratio(best_eager, info['median_ms_per_call'])} | {_ratio(best_kernel, info.get('kernel_ms'))} |")
     return lines
 
@@ -71,7 +101,9 @@ def table(report: dict) -> str:
     machine = report.get("machine_info", {})
     device = benches[0]["extra_info"].get("device", "?") if benches else "?"
     lines = [f"device: {device}; python {machine.get('python_version', '?')}; "
-             f"commit {report.get('commit_info', {}).get('id', '?')[:12]}; date {report.get('datetime', '?')}", ""]
+             f"commit {report.get('commit_info', {}).get('id', '?')[:12]}; date {report.get('datetime', '?')}"
+             + ("; PARTIAL: the run was cut short, these are the entries it finished" if report.get("partial") else ""),
+             ""]
     kernel = [b for b in benches if b["extra_info"].get("kind", "kernel") == "kernel"]
     overhead = [b for b in benches if b["extra_info"].get("kind") == "overhead"]
     if kernel:
@@ -82,7 +114,9 @@ def table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    for path in sys.argv[1:]:
-        with open(path) as f:
-            print(table(json.load(f)))
-        print()
+    if sys.argv[1:2] == ["--json"]:
+        print(json.dumps(load(sys.argv[2]), indent=1))
+    else:
+        for path in sys.argv[1:]:
+            print(table(load(path)))
+            print()

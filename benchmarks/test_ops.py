@@ -2,9 +2,9 @@
 
 `pytest benchmarks/test_ops.py --benchmark-json=out.json` writes the report (eager wall time
 and, on CUDA, kernel time per call: see benchmarks/conftest.py); `--benchmark-compare` works
-as usual. On a GPU the shapes are the targets of the Triton and CUDA issues in bfloat16; on
-a CPU small float32 shapes with the backends that run there (the Triton interpreter is a
-correctness tool, never timed).
+as usual. On a GPU the shapes are the target shapes in bfloat16 (MEMKERNELS_BENCH=quick: the
+subset `gpu_session.sh quick` measures); on a CPU small float32 shapes with the backends that
+run there (the Triton interpreter is a correctness tool, never timed).
 """
 import pytest
 import torch
@@ -12,15 +12,24 @@ import torch
 import memkernels
 
 from . import cost, peers
-from .conftest import DEVICE, backends_here
+from .conftest import DEVICE, PROFILE, backends_here
+from .fast_paths import fast_paths_on
 
 ON_GPU = DEVICE.type == "cuda"
 DTYPE = torch.bfloat16 if ON_GPU else torch.float32
 SIZE = torch.finfo(DTYPE).bits // 8
 
-# (B, L, K, H, D): L in {64, 512}, K in {64, 256, 1024} on a GPU (the issues' targets).
-ATTENTION_SHAPES = [(16, l, k, 8, 64) for l in (64, 512) for k in (64, 256, 1024)] if ON_GPU \
-    else [(2, 64, 32, 4, 32)]
+
+def attention_shapes(on_gpu: bool, profile: str) -> list[tuple]:
+    """(B, L, K, H, D): on a GPU B 16, H 8, L in {64, 512}, D in {64, 128} and K in {64, 256, 1024}
+    ({64, 1024} for quick); one small shape on a CPU."""
+    if not on_gpu:
+        return [(2, 64, 32, 4, 32)]
+    slots = (64, 1024) if profile == "quick" else (64, 256, 1024)
+    return [(16, tokens, k, 8, head_dim) for head_dim in (64, 128) for tokens in (64, 512) for k in slots]
+
+
+ATTENTION_SHAPES = attention_shapes(ON_GPU, PROFILE)
 # (B, K, W)
 NORM_SHAPES = [(16, 1024, 512), (64, 256, 512)] if ON_GPU else [(8, 64, 256)]
 MODES = ("fwd", "fwd_bwd")
@@ -54,15 +63,9 @@ def _backend(impl: str) -> str:
 
 def _with_fast_paths(step):
     """step with the CUDA fast paths on for its duration (forward and backward)."""
-    from memkernels import cuda_kernels
-
     def run():
-        before = cuda_kernels.fast_paths_enabled()
-        cuda_kernels.set_fast_paths(True)
-        try:
+        with fast_paths_on():
             step()
-        finally:
-            cuda_kernels.set_fast_paths(before)
     return run
 
 
@@ -81,7 +84,12 @@ def _bench(measure, benchmark, op, mode, impl, shape, shapes, forward_of, costs)
     benchmark.group = f"{op} {mode} {' '.join(f'{n}{v}' for n, v in zip(_dims(op), shape))} {DTYPE}"
     info = {"kind": "kernel", "op": op, "mode": mode, "impl": impl, "shape": list(shape),
             "dtype": str(DTYPE).removeprefix("torch.")}
-    measure(info, make_step, set_bytes, *costs[mode])
+    try:
+        if "sdpa" in impl:  # which of SDPA's kernels this entry times
+            info["sdpa_kernel"] = peers.sdpa_kernels_used(make_step(0))
+        measure(info, make_step, set_bytes, *costs[mode])
+    except peers.PeerUnavailable as why:
+        pytest.skip(str(why))
 
 
 def _dims(op):
