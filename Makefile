@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.14.1
 CUTLASS_PIN := nvidia-cutlass==4.2.0.0
 READY := $(VENV)/.ready
 
-.PHONY: test bench lint info clean gpu-test gpu-wheels ptxas
+.PHONY: test bench lint info clean gpu-test gpu-quick gpu-wheels ptxas
 
 $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,12 @@ lint: $(LINT_READY)
 	$(LINT_VENV)/bin/clang-format --dry-run --Werror $(CSRC)
 
 # On a GPU machine with torch and triton installed and no network: no venv, no downloads.
+# gpu-quick is everything in one device call of at most 8 minutes (benchmarks/gpu_session.sh).
 gpu-test:
 	bash benchmarks/gpu_session.sh tests
+
+gpu-quick:
+	bash benchmarks/gpu_session.sh quick
 
 info: $(READY)
 	$(PY) -m memkernels.info
@@ -65,10 +69,15 @@ info: $(READY)
 clean:
 	rm -rf $(VENV) $(LINT_VENV) build *.egg-info
 
-# The wheels a GPU machine without network needs beside its torch and triton (carried in .whl/).
+# The wheels a GPU machine without network needs beside its torch and triton (carried in .whl/):
+# the CuTe headers, and pytest-xdist for the parallel suites (pure Python, about 90 kB); and the
+# commit they go with, for a copy of the tree that travels without .git.
+XDIST_PINS := pytest-xdist==3.8.0 execnet==2.1.2
+
 gpu-wheels:
 	mkdir -p .whl
-	$(PYTHON) -m pip download --quiet --no-deps --dest .whl $(CUTLASS_PIN)
+	$(PYTHON) -m pip download --quiet --no-deps --dest .whl $(CUTLASS_PIN) $(XDIST_PINS)
+	git rev-parse HEAD > .whl/COMMIT
 
 # Rebuild the extension with ptxas reports; print registers, spills and shared memory per
 # kernel (csrc/NOTES.md keeps the table), failing if any kernel spills. About 10 minutes on 2 cores.
