@@ -107,15 +107,19 @@ def describe(device_kind: str) -> str:
     if rule is None:
         return (f"no measured rule for {device_kind} (memkernels/rules/{device_kind}.json): "
                 "auto follows the default order")
+    return describe_rule(rule, f"memkernels/rules/{device_kind}.json")
+
+
+def describe_rule(rule: Rule, where: str) -> str:
     src = rule.source
-    lines = [f"measured rule memkernels/rules/{device_kind}.json: {src.get('device', '?')}, "
-             f"{src.get('date', '?')}, commit {src.get('commit', '?')}, torch {src.get('torch', '?')}"]
+    lines = [f"measured rule {where}: {src.get('device', '?')}, {src.get('date', '?')}, "
+             f"commit {src.get('commit', '?')}, torch {src.get('torch', '?')}"]
     groups: dict[tuple[str, str, str], dict[str, int]] = {}
     for p in rule.points:
         wins = groups.setdefault((p.op, p.dtype, p.mode), {})
         wins[p.ranking[0]] = wins.get(p.ranking[0], 0) + 1
     for (op, dtype, mode), wins in groups.items():
         total = sum(wins.values())
-        picks = ", ".join(f"{backend} at {n} of {total}" for backend, n in sorted(wins.items(), key=lambda w: -w[1]))
-        lines.append(f"  {op} {dtype} {mode}: {picks} measured shapes")
+        picks = ", ".join(f"{backend} at {n}" for backend, n in sorted(wins.items(), key=lambda w: -w[1]))
+        lines.append(f"  {op} {dtype} {mode}: fastest {picks} of {total} measured shapes")
     return "\n".join(lines)
