@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.14.1
 CUTLASS_PIN := nvidia-cutlass==4.2.0.0
 READY := $(VENV)/.ready
 
-.PHONY: test bench lint info clean gpu-test gpu-quick gpu-wheels ptxas
+.PHONY: test bench lint info clean gpu-test gpu-quick gpu-wheels ptxas dispatch-rule
 
 $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench: $(READY)
 	else \
 		$(PY) -m benchmarks.claims --quick --out $(BENCH_OUT); \
 	fi
+
+# This CPU's measured dispatch rule for backend="auto" (memkernels/rules/cpu.json) and the
+# timings it came from; a few minutes, on an otherwise idle machine.
+dispatch-rule: $(READY)
+	$(PY) -m benchmarks.dispatch_rule --measure --out memkernels/rules/cpu.json \
+		--measurements benchmarks/results/cpu/dispatch.json
 
 # Linters in a venv of their own (no torch needed): ruff for Python, clang-format for csrc/.
 LINT_VENV := .venv-lint

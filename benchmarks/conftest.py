@@ -74,11 +74,11 @@ def synchronize():
         torch.cuda.synchronize()
 
 
-def backends_here(dtype) -> list[str]:
-    """Backends that run `dtype` on this machine's device (the Triton interpreter is a
+def backends_here(dtype, op: str = "memory_read") -> list[str]:
+    """Backends that run `op` in `dtype` on this machine's device (the Triton interpreter is a
     correctness tool and never timed)."""
-    usable = [b for b in dispatch.BACKENDS if dispatch.why_unavailable(b, DEVICE, dtype) is None]
-    return [b for b in usable if DEVICE.type == "cuda" or b == "torch"]
+    usable = [b for b in dispatch.BACKENDS if dispatch.why_unavailable(b, DEVICE, dtype, op=op) is None]
+    return [b for b in usable if DEVICE.type == "cuda" or b != "triton"]
 
 
 def l2_bytes() -> int:

@@ -52,8 +52,8 @@ def _training_or_inference_step(forward, inputs, mode):
 FAST = "memkernels-cuda-fast"
 
 
-def _impls(peer_table):
-    ours = [f"memkernels-{b}" for b in backends_here(DTYPE)]
+def _impls(op, peer_table):
+    ours = [f"memkernels-{b}" for b in backends_here(DTYPE, op)]
     return ours + ([FAST] if "memkernels-cuda" in ours else []) + list(peer_table(DEVICE))
 
 
@@ -101,7 +101,7 @@ def _shape_id(shape):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("impl", _impls(peers.memory_read_peers))
+@pytest.mark.parametrize("impl", _impls("memory_read", peers.memory_read_peers))
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=_shape_id)
 def test_memory_read(measure, benchmark, shape, impl, mode):
     B, L, K, H, D = shape
@@ -117,7 +117,7 @@ def test_memory_read(measure, benchmark, shape, impl, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("impl", _impls(peers.slot_attention_peers))
+@pytest.mark.parametrize("impl", _impls("slot_attention", peers.slot_attention_peers))
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=_shape_id)
 def test_slot_attention(measure, benchmark, shape, impl, mode):
     B, L, K, H, D = shape
@@ -133,7 +133,7 @@ def test_slot_attention(measure, benchmark, shape, impl, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("impl", _impls(peers.memory_norm_peers))
+@pytest.mark.parametrize("impl", _impls("memory_norm", peers.memory_norm_peers))
 @pytest.mark.parametrize("shape", NORM_SHAPES, ids=_shape_id)
 def test_memory_norm(measure, benchmark, shape, impl, mode):
     B, K, W = shape

@@ -119,7 +119,7 @@ def _step(op, impl, mode):
 def _cases():
     peers = {"memory_read": "sdpa", "slot_attention": "sdpa", "memory_norm": "normalize"}
     for op in TINY:
-        for impl in [f"memkernels-{b}" for b in backends_here(DTYPE)] + ["plain-function", peers[op]]:
+        for impl in [f"memkernels-{b}" for b in backends_here(DTYPE, op)] + ["plain-function", peers[op]]:
             for mode in MODES:
                 yield pytest.param(op, impl, mode, id=f"{op}-{impl}-{mode}")
 

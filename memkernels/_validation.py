@@ -21,13 +21,15 @@ _DIM_NAMES = {
     "L": "token count",
     "K": "slot count",
     "H": "head count",
+    "H_kv": "key/value head count",
     "D": "head dim",
     "W": "memory width",
 }
 
 
-def check_tensors(op: str, layouts: dict[str, tuple[object, str]]) -> None:
-    """Check floating tensors against named layouts such as `"BLHD"`.
+def check_tensors(op: str, layouts: dict[str, tuple[object, str | tuple[str, ...]]]) -> None:
+    """Check floating tensors against named layouts such as `"BLHD"` (or a tuple of dim names,
+    for names longer than a letter: `("B", "K", "H_kv", "D")`).
 
     The first tensor fixes the dtype, device and the size of every dim letter;
     every later tensor must agree with it.
@@ -45,6 +47,15 @@ def check_tensors(op: str, layouts: dict[str, tuple[object, str]]) -> None:
         if name != first_name:
             _check_same_dtype_and_device(op, name, tensor, first_name, first)
         _check_layout(op, name, tensor, layout, sizes)
+
+
+def check_grouped_heads(op: str, name: str, kv_heads: int, heads: int) -> None:
+    """Grouped-query heads: the key/value head count must divide the query head count."""
+    if heads % kv_heads != 0:
+        raise ValueError(
+            f"{op}: {name} has {kv_heads} heads, which must divide q's {heads} heads (query head h reads "
+            f"key/value head h // (H / H_kv)); got H = {heads}, H_kv = {kv_heads}"
+        )
 
 
 def check_key_padding_mask(op: str, mask, batch_size: int, token_count: int, device) -> None:

@@ -9,13 +9,23 @@ extension built, the interpreter for CPU tensors) is checked by `memkernels.disp
 a kernel that has not passed the test suite on a GPU stays out of `auto` even where it
 compiles, and float64 on CUDA goes to the reference, which computes it natively (float64
 exists for gradcheck, not for speed).
+
+`sdpa` is not a kernel of ours: it composes `F.scaled_dot_product_attention` with its own
+autograd (`memkernels.sdpa`), so the public ops run it directly and the registered ops
+(`torch.ops.memkernels.*`), which hold one kernel backend's forward and backward, refuse it.
+
+Which of the backends that can run `auto` picks is a measured, per-shape rule
+(`memkernels.rules`); where no measurement covers the inputs, `AUTO_ORDER` decides.
 """
 from dataclasses import dataclass
 
 import torch
 
 OPS = ("memory_read", "slot_attention", "memory_norm")
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "sdpa", "triton", "cuda")
+# Backends that are compositions of torch ops with their own autograd, not kernels behind the
+# registered ops.
+COMPOSITE_BACKENDS = ("sdpa",)
 # The fused attention kernels' largest head dim (Triton and CUDA); the reference takes any.
 MAX_KERNEL_HEAD_DIM = 256
 
@@ -29,20 +39,26 @@ class Support:
     dtypes: tuple[torch.dtype, ...]
     auto_dtypes: tuple[torch.dtype, ...] = ()
     max_head_dim: int | None = None  # None: any head dim (or the op has none)
+    grouped_heads: bool = False      # memory_read: k and v may have fewer heads than q
     refused_dtype_reason: str = ""   # why the dtypes not listed are refused
     not_auto_reason: str = ""        # why "auto" leaves the other listed dtypes alone
 
 
-_REFERENCE = {ANY_DEVICE: Support(ALL_DTYPES, auto_dtypes=ALL_DTYPES)}
+_REFERENCE = {ANY_DEVICE: Support(ALL_DTYPES, auto_dtypes=ALL_DTYPES, grouped_heads=True)}
+_NO_FLOAT64 = "float64 serves gradcheck, and the reference computes it natively"
+# torch's own fused attention: exact for every dtype, and `auto` may pick it wherever it is faster.
+_SDPA = {ANY_DEVICE: Support(ALL_DTYPES, auto_dtypes=(FLOAT32, FLOAT16, BFLOAT16), grouped_heads=True,
+                             not_auto_reason=_NO_FLOAT64)}
 
 
-def _kernels(head_dim: int | None) -> dict[str, dict[str, Support]]:
+def _kernels(head_dim: int | None, sdpa: bool) -> dict[str, dict[str, Support]]:
     return {
         "torch": _REFERENCE,
+        **({"sdpa": _SDPA} if sdpa else {}),
         "triton": {
             # Verified on an H100 (2026-11-22) in float32, float16 and bfloat16.
             "cuda": Support(ALL_DTYPES, auto_dtypes=(FLOAT32, FLOAT16, BFLOAT16), max_head_dim=head_dim,
-                            not_auto_reason="float64 serves gradcheck, and the reference computes it natively"),
+                            not_auto_reason=_NO_FLOAT64),
             "cpu": Support((FLOAT32, FLOAT16, FLOAT64), max_head_dim=head_dim,
                            refused_dtype_reason="the Triton CPU interpreter has no bfloat16 arithmetic",
                            not_auto_reason="the Triton interpreter is a correctness tool, not a fast path"),
@@ -56,13 +72,22 @@ def _kernels(head_dim: int | None) -> dict[str, dict[str, Support]]:
 
 
 TABLE: dict[str, dict[str, dict[str, Support]]] = {
-    "memory_read": _kernels(MAX_KERNEL_HEAD_DIM),
-    "slot_attention": _kernels(MAX_KERNEL_HEAD_DIM),
-    "memory_norm": _kernels(None),
+    "memory_read": _kernels(MAX_KERNEL_HEAD_DIM, sdpa=True),
+    "slot_attention": _kernels(MAX_KERNEL_HEAD_DIM, sdpa=True),
+    "memory_norm": _kernels(None, sdpa=False),
 }
 
-# Backends "auto" tries, in order, per device type; any other device type runs the reference.
-AUTO_ORDER = {"cuda": ("triton", "cuda", "torch")}
+# Backends "auto" tries, in order, per device type and op, where no measured rule
+# (`memkernels.rules`) covers the inputs. On CUDA the attention ops go to torch's own fused
+# attention until a committed GPU measurement shows one of ours faster at a shape: the one GPU
+# run so far (H100, 2026-11-22, an older version) had SDPA ahead of every memkernels kernel
+# for memory_read, and the SDPA composition of slot_attention ahead in training at all three
+# measured shapes. Elsewhere the reference, which the CPU rule measures against SDPA.
+AUTO_ORDER = {
+    "cuda": {"memory_read": ("sdpa", "triton", "cuda", "torch"),
+             "slot_attention": ("sdpa", "triton", "cuda", "torch"),
+             "memory_norm": ("triton", "cuda", "torch")},
+}
 DEFAULT_AUTO_ORDER = ("torch",)
 
 
@@ -95,8 +120,8 @@ def support(op: str, backend: str, device_type: str) -> Support | None:
     return devices.get(device_type, devices.get(ANY_DEVICE))
 
 
-def auto_order(device_type: str) -> tuple[str, ...]:
-    return AUTO_ORDER.get(device_type, DEFAULT_AUTO_ORDER)
+def auto_order(op: str, device_type: str) -> tuple[str, ...]:
+    return AUTO_ORDER.get(device_type, {}).get(op, DEFAULT_AUTO_ORDER)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -111,15 +136,17 @@ def _device_label(backend: str, device: str) -> str:
 
 def markdown_table() -> str:
     """The README's backend table, one row per (op, backend, device type)."""
-    rows = ["| op | backend | device | dtypes | `auto` may pick it for | head dims |", "|---|---|---|---|---|---|"]
+    rows = ["| op | backend | device | dtypes | `auto` may pick it for | head dims | grouped k/v heads |",
+            "|---|---|---|---|---|---|---|"]
     for op, backends in TABLE.items():
         for backend, devices in backends.items():
             for device, entry in devices.items():
                 auto = ", ".join(map(dtype_name, entry.auto_dtypes)) or "never"
                 heads = "-" if op == "memory_norm" else \
                     "any" if entry.max_head_dim is None else f"up to {entry.max_head_dim}"
+                grouped = "-" if op != "memory_read" else "yes" if entry.grouped_heads else "no"
                 rows.append(f"| `{op}` | `{backend}` | {_device_label(backend, device)} "
-                            f"| {', '.join(map(dtype_name, entry.dtypes))} | {auto} | {heads} |")
+                            f"| {', '.join(map(dtype_name, entry.dtypes))} | {auto} | {heads} | {grouped} |")
     rows += ["", "The `cuda` backend's fast paths (the scalar kernels run wherever one does not):", "",
              "| op | kernel | dtypes | when | status |", "|---|---|---|---|---|"]
     for op, path in CUDA_FAST_PATHS.items():

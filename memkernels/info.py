@@ -12,7 +12,7 @@ import sys
 import torch
 
 import memkernels
-from memkernels import capabilities, dispatch
+from memkernels import capabilities, dispatch, rules
 from memkernels.capabilities import ALL_DTYPES, dtype_name
 
 
@@ -44,19 +44,21 @@ def _device() -> torch.device:
 
 
 def _auto_line(op: str, device: torch.device) -> str:
-    """What "auto" runs per dtype, and why it passes over a backend that could run it."""
+    """What "auto" runs per dtype where no measured rule covers the inputs, and why it passes
+    over a backend that could run it."""
     picks, notes = [], set()
     for dtype in ALL_DTYPES:
         chosen = dispatch.select(op, "auto", device, dtype)
         picks.append(f"{dtype_name(dtype)} -> {chosen}")
-        for backend in capabilities.auto_order(device.type):
+        for backend in capabilities.auto_order(op, device.type):
             if backend == chosen:
                 break
             entry = capabilities.support(op, backend, device.type)
             if entry is not None and entry.not_auto_reason and dispatch.why_unavailable(
                     backend, device, dtype, op=op) is None:
                 notes.add(f"{backend} runs {dtype_name(dtype)} only when asked: {entry.not_auto_reason}")
-    return "auto: " + ", ".join(picks) + "".join(f"\n      ({note})" for note in sorted(notes))
+    return ("auto, unmeasured shapes: " + ", ".join(picks)
+            + "".join(f"\n      ({note})" for note in sorted(notes)))
 
 
 def _backend_line(op: str, backend: str, device: torch.device) -> str:
@@ -64,6 +66,9 @@ def _backend_line(op: str, backend: str, device: torch.device) -> str:
     usable = [dtype_name(d) for d, why in reasons.items() if why is None]
     refusals = sorted({why for why in reasons.values() if why is not None})
     status = f"available ({', '.join(usable)})" if usable else "unavailable"
+    if status != "unavailable" and op == "memory_read" and not capabilities.support(op, backend, device.type) \
+            .grouped_heads:
+        status += ", no grouped k/v heads"
     return f"    {backend:<7} {status}" + (f" - {'; '.join(refusals)}" if refusals else "")
 
 
@@ -81,7 +86,9 @@ def report() -> str:
         f"CUDA extension {_extension_status()}",
         f"CUDA fast paths {_fast_paths_status()}",
         "",
-        f"backends for {device.type} tensors (auto tries {', '.join(capabilities.auto_order(device.type))}):",
+        f"auto on {device.type}: {rules.describe(rules.device_kind(device.type))}",
+        "",
+        f"backends for {device.type} tensors:",
     ]
     for op in capabilities.OPS:
         lines += [f"  {op}", f"    {_auto_line(op, device)}"]

@@ -3,12 +3,14 @@
 Memory is a (B, K, W) tensor of K slots of width W = d_model. The reader is
 used in every encoder layer, the writer (slot attention + biased memory
 normalization) at the last one. Every module takes `backend=` and passes it
-to the ops.
+to the ops; `MemoryWriter` with an attention-only backend (`"sdpa"`) leaves its
+normalization on `"auto"`.
 """
 import torch
 from torch import Tensor, nn
 
 from memkernels import reference
+from memkernels.capabilities import COMPOSITE_BACKENDS
 from memkernels.ops.memory_norm import memory_norm
 from memkernels.ops.memory_read import memory_read
 from memkernels.ops.slot_attention import slot_attention
@@ -25,22 +27,27 @@ class MemoryReader(nn.Module):
 
     forward(x (B, L, d_model), memory (B, K, d_model)) -> (B, L, d_model), after
     the output projection (no residual: the layer around it adds that).
+    `n_kv_heads` (a divisor of n_heads, default n_heads) gives the slots fewer key/value
+    heads than the tokens have query heads: grouped-query reads, multi-query at 1, which
+    divide the slots' projected keys and values by n_heads / n_kv_heads.
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, backend: str = "auto"):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, backend: str = "auto"):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, _head_dim(d_model, n_heads)
+        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if self.n_kv_heads < 1 or n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_kv_heads ({n_kv_heads}) must be a positive divisor of n_heads ({n_heads})")
         self.backend = backend
         self.query = nn.Linear(d_model, d_model)
-        self.key = nn.Linear(d_model, d_model)
-        self.value = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, self.n_kv_heads * self.head_dim)
+        self.value = nn.Linear(d_model, self.n_kv_heads * self.head_dim)
         self.out = nn.Linear(d_model, d_model)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:
-        heads = (self.n_heads, self.head_dim)
-        q = self.query(x).unflatten(-1, heads)
-        k = self.key(memory).unflatten(-1, heads)
-        v = self.value(memory).unflatten(-1, heads)
+        q = self.query(x).unflatten(-1, (self.n_heads, self.head_dim))
+        k = self.key(memory).unflatten(-1, (self.n_kv_heads, self.head_dim))
+        v = self.value(memory).unflatten(-1, (self.n_kv_heads, self.head_dim))
         return self.out(memory_read(q, k, v, backend=self.backend).flatten(-2))
 
 
@@ -87,7 +94,8 @@ class MemoryWriter(nn.Module):
         self.query = nn.Linear(d_model, d_model)
         self.key = nn.Linear(d_model, d_model)
         self.value = nn.Linear(d_model, d_model)
-        self.norm = BiasedMemoryNorm(n_slots, d_model, eps=eps, backend=backend)
+        self.norm = BiasedMemoryNorm(n_slots, d_model, eps=eps,
+                                     backend="auto" if backend in COMPOSITE_BACKENDS else backend)
 
     def forward(self, memory: Tensor, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         heads = (self.n_heads, self.head_dim)

@@ -12,10 +12,13 @@ backend of the public ops. Each op comes in three pieces sharing one code path:
   with the same saved statistics (probabilities recomputed from `lse`).
 
 Arithmetic runs in float32 for float16/bfloat16/float32 inputs and in float64
-for float64 inputs; outputs come back in the input dtype. These functions
+for float64 inputs, under torch.autocast too (which would otherwise run the einsums
+in its lower precision); outputs come back in the input dtype. These functions
 materialise the full score matrix: they are for correctness, not speed.
 Inputs are not validated here; the public functions in `memkernels` do that.
 """
+import functools
+
 import torch
 from torch import Tensor
 
@@ -25,21 +28,47 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _exact(fn):
+    """Run `fn` with autocast off (the backward of an op may run inside an autocast region)."""
+    @functools.wraps(fn)
+    def run(*args):
+        if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+            with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                return fn(*args)
+        return fn(*args)
+    return run
+
+
 def _upcast(*tensors: Tensor) -> list[Tensor]:
     acc = accumulation_dtype(tensors[0].dtype)
     return [t.to(acc) for t in tensors]
 
 
 # memory_read ----------------------------------------------------------------
+# k and v may have H_kv heads with H_kv dividing H: the query heads are viewed as
+# (H_kv, group) so query head h = n * group + g reads key/value head n = h // group.
 
+def _grouped(q: Tensor, k: Tensor) -> Tensor:
+    """q (B, L, H, D) viewed as (B, L, H_kv, H / H_kv, D)."""
+    batch, tokens, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    return q.reshape(batch, tokens, kv_heads, heads // kv_heads, head_dim)
+
+
+def _read_scores(qf: Tensor, kf: Tensor, scale: float) -> Tensor:
+    """(B, H_kv, group, L, K) scaled scores."""
+    return torch.einsum("blngd,bknd->bnglk", _grouped(qf, kf), kf) * scale
+
+
+@_exact
 def memory_read_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """out (B, L, H, D) in q's dtype and lse (B, H, L) in the accumulation dtype."""
     qf, kf, vf = _upcast(q, k, v)
-    scores = torch.einsum("blhd,bkhd->bhlk", qf, kf) * scale  # [B, H, L, K]
+    scores = _read_scores(qf, kf, scale)  # [B, H_kv, group, L, K]
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1))
-    out = torch.einsum("bhlk,bkhd->blhd", probs, vf)
-    return out.to(q.dtype).contiguous(), lse.contiguous()
+    out = torch.einsum("bnglk,bknd->blngd", probs, vf).flatten(2, 3)
+    return out.to(q.dtype).contiguous(), lse.flatten(1, 2).contiguous()
 
 
 def _rebuilt_probs(scores: Tensor, lse: Tensor) -> Tensor:
@@ -58,20 +87,23 @@ def _softmax_backward(probs: Tensor, dprobs: Tensor) -> Tensor:
     return probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True))
 
 
+@_exact
 def memory_read_backward(dout, q, k, v, out, lse, scale):
-    """(dq, dk, dv) from the saved lse (`out` is not needed: see _softmax_backward)."""
+    """(dq, dk, dv) from the saved lse (`out` is not needed: see _softmax_backward); dk and
+    dv have k's heads, each the sum over its group of query heads."""
     dof, qf, kf, vf = _upcast(dout, q, k, v)
-    probs = _rebuilt_probs(torch.einsum("blhd,bkhd->bhlk", qf, kf) * scale, lse)
-    dprobs = torch.einsum("blhd,bkhd->bhlk", dof, vf)
+    scores = _read_scores(qf, kf, scale)
+    probs = _rebuilt_probs(scores, lse.unflatten(1, scores.shape[1:3]))
+    dprobs = torch.einsum("blngd,bknd->bnglk", _grouped(dof, kf), vf)
     dscores = _softmax_backward(probs, dprobs)
-    dq = torch.einsum("bhlk,bkhd->blhd", dscores, kf) * scale
-    dk = torch.einsum("bhlk,blhd->bkhd", dscores, qf) * scale
-    dv = torch.einsum("bhlk,blhd->bkhd", probs, dof)
+    dq = torch.einsum("bnglk,bknd->blngd", dscores, kf).flatten(2, 3) * scale
+    dk = torch.einsum("bnglk,blngd->bknd", dscores, _grouped(qf, kf)) * scale
+    dv = torch.einsum("bnglk,blngd->bknd", probs, _grouped(dof, kf))
     return tuple(g.to(q.dtype).contiguous() for g in (dq, dk, dv))
 
 
 def memory_read(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """Cross-attention of tokens (B, L, H, D) over memory slots (B, K, H, D)."""
+    """Cross-attention of tokens (B, L, H, D) over memory slots (B, K, H_kv, D)."""
     return memory_read_forward(q, k, v, scale)[0]
 
 
@@ -92,20 +124,24 @@ def _mix_values(probs, vf, v_tokf):
     return own + torch.einsum("bhkl,blhd->bkhd", probs[..., 1:], v_tokf)
 
 
+@_exact
 def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale):
     """out (B, K, H, D) and lse (B, H, K). `scale` already includes 1/tau.
 
-    A slot whose tokens are all masked has p_self = exp(0) = 1 and p_tok = 0,
-    so its output is its own value exactly.
+    A slot whose tokens are all masked has p_self = exp(0) = 1 and p_tok = 0; its output is
+    its own value bit for bit (selected, since -0.0 + 0 * v_tok would come out +0.0).
     """
     qf, kf, vf, k_tokf, v_tokf = _upcast(q, k, v, k_tok, v_tok)
     scores = _slot_scores(qf, kf, k_tokf, key_padding_mask, scale)
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1))
-    out = _mix_values(probs, vf, v_tokf)
-    return out.to(q.dtype).contiguous(), lse.contiguous()
+    out = _mix_values(probs, vf, v_tokf).to(q.dtype)
+    if key_padding_mask is not None:
+        out = torch.where(key_padding_mask.any(dim=1)[:, None, None, None], out, v)
+    return out.contiguous(), lse.contiguous()
 
 
+@_exact
 def slot_attention_backward(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale):
     """(dq, dk, dv, dk_tok, dv_tok) from the saved lse (`out` is not needed)."""
     dof, qf, kf, vf, k_tokf, v_tokf = _upcast(dout, q, k, v, k_tok, v_tok)
@@ -130,6 +166,7 @@ def slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale):
 
 # memory_norm ----------------------------------------------------------------
 
+@_exact
 def memory_norm_forward(m: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """out (B, K, W) in m's dtype and the unclamped row norm (B, K)."""
     mf, biasf = _upcast(m, bias)
@@ -139,6 +176,7 @@ def memory_norm_forward(m: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Te
     return out.to(m.dtype).contiguous(), norm.contiguous()
 
 
+@_exact
 def memory_norm_backward(dout, out, norm, eps):
     """(dm, dbias). Rows whose norm was clamped to eps are a plain division by eps."""
     dyf, yf = _upcast(dout, out)

@@ -13,7 +13,11 @@ def _cast(tensors, dtype):
 
 
 def memory_read(q, k, v, scale, dtype=torch.float64):
+    # Grouped heads: query head h reads key/value head h // (H / H_kv); the copies' gradients
+    # sum back over each group through autograd.
     q, k, v = _cast((q, k, v), dtype)
+    group = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
     s = torch.einsum("blhd,bkhd->bhlk", q, k) * scale
     p = torch.softmax(s, dim=-1)
     return torch.einsum("bhlk,bkhd->blhd", p, v)

@@ -23,7 +23,7 @@ def _inputs(shape, dtype, transposed=False):
 
 @pytest.mark.parametrize("dtype", dtypes_for_device())
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "memory_norm"))
 def test_forward_and_gradients_match_float64(backend, shape, dtype):
     m, bias = _inputs(shape, dtype, transposed=shape[0] > 2)
     out = memkernels.memory_norm(m, bias, backend=backend)
@@ -36,7 +36,7 @@ def test_forward_and_gradients_match_float64(backend, shape, dtype):
         assert_matches(name, *results, dtype)
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "memory_norm"))
 def test_equals_normalize_of_sum_including_clamped_rows(backend):
     m, bias = _inputs((2, 3, 10), torch.float32)
     with torch.no_grad():
@@ -52,13 +52,13 @@ def test_equals_normalize_of_sum_including_clamped_rows(backend):
         assert_matches(name, *results, torch.float32)
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float64))
+@pytest.mark.parametrize("backend", backends_for(torch.float64, "memory_norm"))
 def test_gradcheck_float64(backend):
     m, bias = _inputs((3, 2, 6), torch.float64, transposed=True)
     assert torch.autograd.gradcheck(lambda *t: memkernels.memory_norm(*t, backend=backend), (m, bias))
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "memory_norm"))
 def test_batch_broadcast_input(backend):
     _, bias = _inputs((1, 4, 24), torch.float32)
     zero = torch.zeros(1, 4, 24, device=DEVICE).expand(3, -1, -1)
@@ -67,7 +67,7 @@ def test_batch_broadcast_input(backend):
     assert_matches("out", out, exact, naive, torch.float32)
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "memory_norm"))
 def test_bitwise_deterministic(backend):
     m, bias = _inputs((37, 5, 48), torch.float32)
     runs = []
@@ -78,7 +78,7 @@ def test_bitwise_deterministic(backend):
         assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "memory_norm", kernels_only=True))
 def test_opcheck(backend):
     m, bias = _inputs((3, 4, 20), torch.float32, transposed=True)
     torch.library.opcheck(torch.ops.memkernels.memory_norm.default, (m, bias, 1e-12, backend))

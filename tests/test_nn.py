@@ -29,6 +29,26 @@ def test_reader_is_cross_attention_over_slots():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("backend", backends_for(torch.float64, grouped=True))
+def test_grouped_reader_matches_formula_and_gradcheck(backend, n_kv_heads):
+    torch.manual_seed(0)
+    reader = MemoryReader(16, 4, n_kv_heads, backend=backend).to(DEVICE, torch.float64)
+    assert reader.key.out_features == reader.value.out_features == n_kv_heads * 4
+    x = torch.randn(2, 3, 16, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(2, 5, 16, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    split = lambda t, heads: t.unflatten(-1, (heads, 4))  # noqa: E731
+    expected = reader.out(formulas.memory_read(split(reader.query(x), 4), split(reader.key(memory), n_kv_heads),
+                                               split(reader.value(memory), n_kv_heads), 0.5).flatten(-2))
+    torch.testing.assert_close(reader(x, memory), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(reader, (x, memory), eps=1e-6, atol=1e-6)
+
+
+def test_reader_refuses_kv_heads_that_do_not_divide_the_heads():
+    with pytest.raises(ValueError, match=r"n_kv_heads \(3\) must be a positive divisor of n_heads \(4\)"):
+        MemoryReader(16, 4, 3)
+
+
 def test_writer_shares_key_projection_and_keeps_slots_on_the_sphere():
     writer = MemoryWriter(D_MODEL, HEADS, SLOTS).to(DEVICE)
     memory, x = _memory_and_tokens()
@@ -114,7 +134,7 @@ def test_flop_counter_counts_the_memory_ops():
     q = torch.randn(B, L, H, D, device=DEVICE, requires_grad=True)
     k, v = torch.randn(2, B, K, H, D, device=DEVICE).unbind(0)
     with FlopCounterMode(display=False) as counter:
-        memkernels.memory_read(q, k, v).sum().backward()
+        memkernels.memory_read(q, k, v, backend="torch").sum().backward()
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     forward = 4 * B * H * L * K * D
     assert counts["memkernels.memory_read"] == forward

@@ -28,7 +28,7 @@ def _random_mask(b, l):
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("dtype", dtypes_for_device())
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "slot_attention"))
 def test_forward_and_gradients_match_float64(backend, shape, dtype, masked):
     inputs = _inputs(shape, dtype, transposed=shape[0] == 2)
     mask = _random_mask(shape[0], shape[2]) if masked else None
@@ -50,7 +50,7 @@ def test_forward_and_gradients_match_float64(backend, shape, dtype, masked):
             assert torch.count_nonzero(g[~mask]) == 0, "masked tokens must get zero gradient"
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float64))
+@pytest.mark.parametrize("backend", backends_for(torch.float64, "slot_attention"))
 def test_gradcheck_float64(backend):
     inputs = _inputs((2, 3, 4, 2, 5), torch.float64, transposed=True)
     mask = torch.tensor([[True, False, True, True], [False, True, True, False]], device=DEVICE)
@@ -60,7 +60,7 @@ def test_gradcheck_float64(backend):
     )
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "slot_attention"))
 def test_all_masked_slot_keeps_its_value_exactly(backend):
     inputs = _inputs((2, 4, 6, 2, 16), torch.float32)
     mask = torch.zeros(2, 6, dtype=torch.bool, device=DEVICE)
@@ -68,7 +68,7 @@ def test_all_masked_slot_keeps_its_value_exactly(backend):
     assert torch.equal(out, inputs[2].detach())
 
 
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "slot_attention"))
 def test_bitwise_deterministic(backend):
     inputs = _inputs((2, 19, 7, 2, 16), torch.float32)
     runs = []
@@ -80,8 +80,31 @@ def test_bitwise_deterministic(backend):
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("backend", backends_for(torch.float32))
+@pytest.mark.parametrize("backend", backends_for(torch.float32, "slot_attention", kernels_only=True))
 def test_opcheck(backend, masked):
     inputs = _inputs((2, 3, 5, 2, 8), torch.float32, transposed=True)
     mask = _random_mask(2, 5) if masked else None
     torch.library.opcheck(torch.ops.memkernels.slot_attention.default, (*inputs, mask, 2.0, backend))
+
+
+def test_sdpa_composition_keeps_an_all_masked_slot_bit_for_bit():
+    # The slot's own value comes back as it was (even -0.0), with dv = dout and no gradient
+    # into its query or key, as on every backend.
+    q, k, v, k_tok, v_tok = _inputs((2, 3, 4, 2, 8), torch.float32)
+    with torch.no_grad():
+        v[0, 1, 0, 0] = -0.0
+    mask = torch.ones(2, 4, dtype=torch.bool, device=DEVICE)
+    mask[0] = False
+    out = memkernels.slot_attention(q, k, v, k_tok, v_tok, tau=0.25, key_padding_mask=mask, backend="sdpa")
+    assert torch.equal(out[0], v[0]) and torch.signbit(out[0, 1, 0, 0])
+    dout = torch.randn_like(out)
+    dq, dk, dv, dk_tok, dv_tok = grads(out, (q, k, v, k_tok, v_tok), dout)
+    assert torch.equal(dv[0], dout[0])
+    assert not dq[0].any() and not dk[0].any() and not dk_tok[0].any() and not dv_tok[0].any()
+
+
+def test_grouped_token_heads_are_refused_with_the_reason():
+    q, k, v, k_tok, v_tok = _inputs((1, 3, 4, 4, 8), torch.float32)
+    with pytest.raises(ValueError, match="k_tok has 2 heads and q has 4: slot_attention takes no grouped token "
+                                         "heads, because each slot head writes its own value head"):
+        memkernels.slot_attention(q, k, v, k_tok[:, :, :2], v_tok[:, :, :2])

@@ -22,7 +22,9 @@ def slot_args(**over):
 
 
 READ_CASES = [
-    (dict(k=_t(2, 4, 2, 8)), ValueError, r"k has head count H = 2 .* expected 3 to match q"),
+    (dict(k=_t(2, 4, 2, 8), v=_t(2, 4, 2, 8)), ValueError,
+     r"k has 2 heads, which must divide q's 3 heads \(query head h reads key/value head h // \(H / H_kv\)\)"),
+    (dict(k=_t(2, 4, 1, 8)), ValueError, r"v has key/value head count H_kv = 3 .* expected 1 to match k"),
     (dict(v=_t(2, 4, 3, 6)), ValueError, r"v has head dim D = 6 .* expected 8 to match q"),
     (dict(k=_t(3, 4, 3, 8)), ValueError, r"k has batch size B = 3 .* expected 2 to match q"),
     (dict(v=_t(2, 5, 3, 8)), ValueError, r"v has slot count K = 5 .* expected 4 to match k"),
@@ -118,7 +120,10 @@ def test_auto_on_cpu_runs_the_reference():
 
 
 def test_head_dims_beyond_the_kernels_fall_back_or_refuse():
-    assert dispatch.select("memory_read", "auto", torch.device("cuda"), torch.float16, 320) == "torch"
+    # SDPA takes any head dim; the kernels stop at 256.
+    assert dispatch.select("memory_read", "auto", torch.device("cuda"), torch.float16, 320) == "sdpa"
+    assert dispatch.select("memory_read", "auto", torch.device("cuda"), torch.float16, 320,
+                           kernels_only=True) == "torch"
     reason = dispatch.why_unavailable("triton", torch.device("cuda"), torch.float16, 320)
     assert reason == "its kernels take head dims up to 256, got 320"
     wide = read_args(q=_t(1, 2, 1, 320), k=_t(1, 3, 1, 320), v=_t(1, 3, 1, 320))

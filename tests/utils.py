@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from memkernels import dispatch
+from memkernels import capabilities, dispatch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -28,11 +28,14 @@ EXTENSION_IMPORT_ERROR = _extension_import_error()
 needs_extension = pytest.mark.skipif(EXTENSION_IMPORT_ERROR is not None, reason=EXTENSION_IMPORT_ERROR or "")
 
 
-def backends_for(dtype):
-    """pytest params: every backend, skipped with its reason where it cannot run."""
+def backends_for(dtype, op="memory_read", *, grouped=False, kernels_only=False):
+    """pytest params: every backend that implements `op` (only those behind the registered ops
+    with `kernels_only`), skipped with its reason where it cannot run here."""
     params = []
-    for backend in dispatch.BACKENDS:
-        reason = dispatch.why_unavailable(backend, DEVICE, dtype)
+    for backend in capabilities.TABLE[op]:
+        if kernels_only and backend in capabilities.COMPOSITE_BACKENDS:
+            continue
+        reason = dispatch.why_unavailable(backend, DEVICE, dtype, op=op, grouped=grouped)
         marks = [pytest.mark.skip(reason=f"{backend}: {reason}")] if reason else []
         params.append(pytest.param(backend, marks=marks, id=backend))
     return params

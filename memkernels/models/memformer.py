@@ -54,6 +54,7 @@ class MemformerConfig:
     vocab_size: int
     d_model: int = 512
     n_heads: int = 8
+    n_kv_heads: int | None = None   # memory reads' key/value heads (None: n_heads; fewer: grouped-query)
     d_ff: int = 2048
     n_encoder_layers: int = 4
     n_decoder_layers: int = 16
@@ -98,7 +99,7 @@ class EncoderLayer(nn.Module):
         d = cfg.d_model
         self.self_norm, self.self_attn = nn.LayerNorm(d), Attention(d, cfg.n_heads, cfg.dropout)
         self.read_norm = nn.LayerNorm(d)
-        self.reader = MemoryReader(d, cfg.n_heads, backend=cfg.backend)
+        self.reader = MemoryReader(d, cfg.n_heads, cfg.n_kv_heads, backend=cfg.backend)
         self.ff_norm, self.ff = nn.LayerNorm(d), FeedForward(d, cfg.d_ff, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 

@@ -15,6 +15,7 @@ from torch.autograd.function import once_differentiable
 
 from memkernels import dispatch
 from memkernels._validation import FLOATING_DTYPES, check_like, check_positive, check_statistic, check_tensors
+from memkernels.ops import _autocast
 from memkernels.ops._eager import fast_path_allowed
 from memkernels.reference import accumulation_dtype
 
@@ -35,7 +36,7 @@ def _check_inputs(m, bias) -> None:
 
 
 def _backend(requested: str, m: Tensor) -> str:
-    return dispatch.select(OP, requested, m.device, m.dtype)
+    return dispatch.select(OP, requested, m.device, m.dtype, kernels_only=True)
 
 
 def _check_op_inputs(m, bias, eps, backend) -> str:
@@ -99,6 +100,7 @@ def _op_backward(ctx, dout, _dnorm):
 
 
 torch.library.register_autograd("memkernels::memory_norm", _op_backward, setup_context=_setup_context)
+_autocast.register("memkernels::memory_norm", _autocast.FLOAT32)
 
 
 # --------------------------------------------------------------------------- eager autograd
@@ -131,13 +133,16 @@ def memory_norm(m: Tensor, bias: Tensor, *, eps: float = 1e-12, backend: str = "
         eps: lower bound on the norm; rows with a smaller norm are divided by eps.
         backend: "auto", "torch", "triton" or "cuda" (see `memkernels.dispatch`).
 
-    Returns (B, K, W) in m's dtype, contiguous. Differentiable in m and bias.
+    Returns (B, K, W) in m's dtype, contiguous (float32 under torch.autocast, which runs
+    normalisations in float32). Differentiable in m and bias.
     """
+    if _autocast.enabled(m):
+        m, bias = _autocast.cast(_autocast.FLOAT32, m, bias)
     _check_inputs(m, bias)
     eps = check_positive(OP, "eps", eps)
     if not fast_path_allowed((m, bias)):
         return torch.ops.memkernels.memory_norm(m, bias, eps, _backend(backend, m))[0]
-    _, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(m), m.dtype, None)
+    _, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(m), m.get_device(), m.dtype, None)
     if torch.is_grad_enabled() and (m.requires_grad or bias.requires_grad):
         return _MemoryNorm.apply(m, bias, eps, kernels)
     return kernels.memory_norm_forward(m, bias, eps)[0]

@@ -1,7 +1,9 @@
 """memory_read: every token query attends over all memory slots (paper §4.2.3).
 
-`out[b,l,h] = softmax_j(scale * q[b,l,h]·k[b,j,h]) @ v[b,:,h]`, no mask: the memory is all
-past. Read top to bottom:
+`out[b,l,h] = softmax_j(scale * q[b,l,h]·k[b,j,g(h)]) @ v[b,:,g(h)]`, no mask: the memory is
+all past. k and v may have fewer heads than q (grouped-query reads; H_kv = 1 is multi-query):
+query head h reads key/value head g(h) = h // (H / H_kv), the convention of SDPA's
+`enable_gqa` and flash-attention, and dk, dv sum over each group. Read top to bottom:
 
 1. input checks, shared by the public function and the registered ops;
 2. the registered ops `memkernels::memory_read` (returns the output and the float32
@@ -9,15 +11,24 @@ past. Read top to bottom:
    implementations and autograd, so torch.compile, opcheck, FakeTensor and
    FlopCounterMode see one opaque op whatever backend runs inside it;
 3. the eager `autograd.Function`, which calls the backend's launchers directly;
-4. the public function, which takes the eager path unless something must see the op
-   (`memkernels.ops._eager.fast_path_allowed`).
+4. the public function, which casts under autocast (`memkernels.ops._autocast`), runs the
+   `sdpa` backend as SDPA itself (`memkernels.sdpa`), and otherwise takes the eager path
+   unless something must see the op (`memkernels.ops._eager.fast_path_allowed`).
 """
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from memkernels import dispatch
-from memkernels._validation import FLOATING_DTYPES, check_like, check_statistic, check_tensors, resolve_scale
+from memkernels import dispatch, sdpa
+from memkernels._validation import (
+    FLOATING_DTYPES,
+    check_grouped_heads,
+    check_like,
+    check_statistic,
+    check_tensors,
+    resolve_scale,
+)
+from memkernels.ops import _autocast
 from memkernels.ops._eager import fast_path_allowed
 from memkernels.reference import accumulation_dtype
 
@@ -34,19 +45,28 @@ def _check_inputs(q, k, v) -> None:
     if ok:
         batch, _, heads, head_dim = q.shape
         kshape = k.shape
-        ok = v.shape == kshape and kshape[0] == batch and kshape[2] == heads and kshape[3] == head_dim
+        ok = (v.shape == kshape and kshape[0] == batch and kshape[3] == head_dim
+              and kshape[2] > 0 and heads % kshape[2] == 0)
     if not ok:
-        check_tensors(OP, {"q": (q, "BLHD"), "k": (k, "BKHD"), "v": (v, "BKHD")})
+        check_tensors(OP, {"q": (q, "BLHD"), "k": (k, ("B", "K", "H_kv", "D")), "v": (v, ("B", "K", "H_kv", "D"))})
+        check_grouped_heads(OP, "k", k.shape[2], q.shape[2])
 
 
-def _backend(requested: str, q: Tensor) -> str:
-    return dispatch.select(OP, requested, q.device, q.dtype, int(q.shape[-1]))
+def _problem(q: Tensor, k: Tensor) -> tuple[int, bool, tuple[int, ...]]:
+    """(head dim, grouped heads, (B, L, K, H, D)): what the backend choice depends on."""
+    batch, tokens, heads, head_dim = q.shape
+    return int(head_dim), int(k.shape[2]) != int(heads), (int(batch), int(tokens), int(k.shape[1]), int(heads),
+                                                         int(head_dim))
+
+
+def _backend(requested: str, q: Tensor, k: Tensor, mode: str = "fwd_bwd", kernels_only: bool = True) -> str:
+    return dispatch.select(OP, requested, q.device, q.dtype, *_problem(q, k), mode, kernels_only)
 
 
 def _check_op_inputs(q, k, v, scale, backend) -> str:
     _check_inputs(q, k, v)
     resolve_scale(OP, scale, q.shape[-1])
-    return _backend(backend, q)
+    return _backend(backend, q, k)
 
 
 def _check_backward_inputs(dout, q, k, v, out, lse, scale, backend) -> str:
@@ -56,7 +76,7 @@ def _check_backward_inputs(dout, q, k, v, out, lse, scale, backend) -> str:
     check_like(OP, "out", out, "q", q)
     batch, tokens, heads, _ = q.shape
     check_statistic(OP, "lse", lse, (batch, heads, tokens), accumulation_dtype(q.dtype), q.device)
-    return _backend(backend, q)
+    return _backend(backend, q, k)
 
 
 # --------------------------------------------------------------------------- registered ops
@@ -109,6 +129,7 @@ def _op_backward(ctx, dout, _dlse):
 
 
 torch.library.register_autograd("memkernels::memory_read", _op_backward, setup_context=_setup_context)
+_autocast.register("memkernels::memory_read", _autocast.LOWER_PRECISION)
 
 
 # --------------------------------------------------------------------------- eager autograd
@@ -136,19 +157,30 @@ def memory_read(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, 
 
     Args:
         q: token queries (B, L, H, D), any strides.
-        k, v: slot keys and values (B, K, H, D), K >= 1.
+        k, v: slot keys and values (B, K, H_kv, D), K >= 1, H_kv dividing H (H_kv < H:
+            grouped-query heads; query head h reads head h // (H / H_kv)).
         scale: score scale, default D ** -0.5.
-        backend: "auto", "torch", "triton" or "cuda" (see `memkernels.dispatch`).
+        backend: "auto", "torch", "sdpa", "triton" or "cuda" (see `memkernels.dispatch`).
 
-    Returns (B, L, H, D) in q's dtype, contiguous. Differentiable in q, k and v
-    (first order: the backward has no derivative of its own).
+    Returns (B, L, H, D) in q's dtype (the autocast dtype under torch.autocast), contiguous.
+    Differentiable in q, k and v (first order: the backward has no derivative of its own).
     """
+    if _autocast.enabled(q):
+        q, k, v = _autocast.cast(_autocast.LOWER_PRECISION, q, k, v)
     _check_inputs(q, k, v)
     head_dim = q.shape[-1]
     scale = resolve_scale(OP, scale, head_dim)
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    mode = "fwd_bwd" if training else "fwd"
     if not fast_path_allowed((q, k, v)):
-        return torch.ops.memkernels.memory_read(q, k, v, scale, _backend(backend, q))[0]
-    _, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(q), q.dtype, head_dim)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        chosen = _backend(backend, q, k, mode, kernels_only=False)
+        if chosen == "sdpa":
+            return sdpa.memory_read(q, k, v, scale)
+        return torch.ops.memkernels.memory_read(q, k, v, scale, chosen)[0]
+    chosen, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(q), q.get_device(), q.dtype,
+                                       *_problem(q, k), mode)
+    if chosen == "sdpa":
+        return sdpa.memory_read(q, k, v, scale)
+    if training:
         return _MemoryRead.apply(q, k, v, scale, kernels)
     return kernels.memory_read_forward(q, k, v, scale)[0]

@@ -8,6 +8,10 @@ Laid out as `memkernels.ops.memory_read` is: input checks, the registered ops
 `memkernels::slot_attention` (output and float32 log-sum-exp) and
 `memkernels::slot_attention_backward`, the eager `autograd.Function`, the public
 function. The backends receive the folded scale `scale / tau`.
+
+Grouped token heads (k_tok, v_tok with fewer heads than q) are refused, with the reason:
+each slot head writes its own value head (v is the raw slot, all H heads), and a write
+attends over only 1 + L keys per slot, so grouping the token heads would save little.
 """
 from typing import Optional
 
@@ -15,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from memkernels import dispatch
+from memkernels import dispatch, sdpa
 from memkernels._validation import (
     FLOATING_DTYPES,
     check_key_padding_mask,
@@ -25,6 +29,7 @@ from memkernels._validation import (
     check_tensors,
     resolve_scale,
 )
+from memkernels.ops import _autocast
 from memkernels.ops._eager import fast_path_allowed
 from memkernels.reference import accumulation_dtype
 
@@ -49,6 +54,7 @@ def _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask) -> None:
                    or (isinstance(key_padding_mask, Tensor) and key_padding_mask.dtype == torch.bool
                        and key_padding_mask.shape == tshape[:2] and key_padding_mask.device == q.device)))
     if not ok:
+        _check_no_grouped_token_heads(q, k_tok)
         check_tensors(OP, {
             "q": (q, "BKHD"), "k": (k, "BKHD"), "v": (v, "BKHD"),
             "k_tok": (k_tok, "BLHD"), "v_tok": (v_tok, "BLHD"),
@@ -56,14 +62,32 @@ def _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask) -> None:
         check_key_padding_mask(OP, key_padding_mask, k_tok.shape[0], k_tok.shape[1], q.device)
 
 
-def _backend(requested: str, q: Tensor) -> str:
-    return dispatch.select(OP, requested, q.device, q.dtype, int(q.shape[-1]))
+def _check_no_grouped_token_heads(q, k_tok) -> None:
+    if not (isinstance(q, Tensor) and isinstance(k_tok, Tensor) and q.dim() == 4 and k_tok.dim() == 4):
+        return
+    heads, token_heads = q.shape[2], k_tok.shape[2]
+    if 0 < token_heads < heads and heads % token_heads == 0:
+        raise ValueError(
+            f"{OP}: k_tok has {token_heads} heads and q has {heads}: slot_attention takes no grouped token "
+            "heads, because each slot head writes its own value head (v is the raw slot, all H heads) and a "
+            "write attends over only 1 + L keys per slot; project the tokens to q's H heads"
+        )
+
+
+def _problem(q: Tensor, k_tok: Tensor) -> tuple[int, bool, tuple[int, ...]]:
+    """(head dim, grouped heads, (B, L, K, H, D)): what the backend choice depends on."""
+    batch, slots, heads, head_dim = q.shape
+    return int(head_dim), False, (int(batch), int(k_tok.shape[1]), int(slots), int(heads), int(head_dim))
+
+
+def _backend(requested: str, q: Tensor, k_tok: Tensor, mode: str = "fwd_bwd", kernels_only: bool = True) -> str:
+    return dispatch.select(OP, requested, q.device, q.dtype, *_problem(q, k_tok), mode, kernels_only)
 
 
 def _check_op_inputs(q, k, v, k_tok, v_tok, key_padding_mask, scale, backend) -> str:
     _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask)
     resolve_scale(OP, scale, q.shape[-1])
-    return _backend(backend, q)
+    return _backend(backend, q, k_tok)
 
 
 def _check_backward_inputs(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, lse, scale, backend) -> str:
@@ -73,7 +97,7 @@ def _check_backward_inputs(dout, q, k, v, k_tok, v_tok, key_padding_mask, out, l
     check_like(OP, "out", out, "q", q)
     batch, slots, heads, _ = q.shape
     check_statistic(OP, "lse", lse, (batch, heads, slots), accumulation_dtype(q.dtype), q.device)
-    return _backend(backend, q)
+    return _backend(backend, q, k_tok)
 
 
 # --------------------------------------------------------------------------- registered ops
@@ -129,6 +153,7 @@ def _op_backward(ctx, dout, _dlse):
 
 
 torch.library.register_autograd("memkernels::slot_attention", _op_backward, setup_context=_setup_context)
+_autocast.register("memkernels::slot_attention", _autocast.LOWER_PRECISION)
 
 
 # --------------------------------------------------------------------------- eager autograd
@@ -166,20 +191,27 @@ def slot_attention(
         scale: score scale, default D ** -0.5; scores are scale / tau * q·k.
         key_padding_mask: optional (B, L) bool, True = real token. A slot whose
             tokens are all masked returns its own value exactly.
-        backend: "auto", "torch", "triton" or "cuda" (see `memkernels.dispatch`).
+        backend: "auto", "torch", "sdpa", "triton" or "cuda" (see `memkernels.dispatch`).
 
-    Returns (B, K, H, D) in q's dtype, contiguous. Differentiable in all five
-    tensors; masked tokens receive zero gradient.
+    Returns (B, K, H, D) in q's dtype (the autocast dtype under torch.autocast), contiguous.
+    Differentiable in all five tensors; masked tokens receive zero gradient.
     """
+    if _autocast.enabled(q):
+        q, k, v, k_tok, v_tok = _autocast.cast(_autocast.LOWER_PRECISION, q, k, v, k_tok, v_tok)
     _check_inputs(q, k, v, k_tok, v_tok, key_padding_mask)
-    head_dim = q.shape[-1]
-    scale = resolve_scale(OP, scale, head_dim) / check_positive(OP, "tau", tau)
+    scale = resolve_scale(OP, scale, q.shape[-1]) / check_positive(OP, "tau", tau)
     tensors = (q, k, v, k_tok, v_tok)
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    mode = "fwd_bwd" if training else "fwd"
     if not fast_path_allowed(tensors):
-        return torch.ops.memkernels.slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale,
-                                                   _backend(backend, q))[0]
-    _, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(q), q.dtype, head_dim)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                    or k_tok.requires_grad or v_tok.requires_grad):
+        chosen = _backend(backend, q, k_tok, mode, kernels_only=False)
+        if chosen == "sdpa":
+            return sdpa.slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale)
+        return torch.ops.memkernels.slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale, chosen)[0]
+    chosen, kernels = dispatch.resolve(OP, backend, dispatch.device_type_of(q), q.get_device(), q.dtype,
+                                       *_problem(q, k_tok), mode)
+    if chosen == "sdpa":
+        return sdpa.slot_attention(q, k, v, k_tok, v_tok, key_padding_mask, scale)
+    if training:
         return _SlotAttention.apply(q, k, v, k_tok, v_tok, key_padding_mask, scale, kernels)
     return kernels.slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale)[0]
