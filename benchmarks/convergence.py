@@ -4,8 +4,8 @@
 
 In the style of Liger-Kernel's convergence tests: a small Memformer is trained from the same
 initial weights, on the same batches, with the same optimizer, once per fused backend that runs
-here (Triton; the CUDA extension twice, its fast paths off and on; any other backend of
-`memkernels.dispatch.BACKENDS`) and once with the reference backend ("torch"). Only the backend
+here (Triton; the CUDA extension twice, its fast paths off and on; sdpa; any other backend
+of `memkernels.dispatch.BACKENDS`) and once with the reference backend ("torch"). Only the backend
 of the memory ops differs. Each sample is three segments, the third repeating the first, so the
 loss can only fall all the way through the memory (the decoder sees one segment back, not two):
 slot attention and memory_norm write it, memory_read reads it, and BPTT
@@ -20,8 +20,8 @@ is what the dtype's own rounding does to this run.
 On a GPU (`gpu_session.sh quick`): bfloat16, 100 steps, d_model 128, two heads of 64 (a head
 dim the tensor-core kernels take), 64 slots, batch 16, segments of 64. On a CPU
 (tests/test_convergence.py, in `make test`): float32 (the Triton interpreter has no bfloat16
-arithmetic), a tiny model, two segments and two steps, Triton under the interpreter beside
-the reference.
+arithmetic), a tiny model, two segments and two steps, every fused backend the CPU runs
+(Triton under the interpreter, sdpa) beside the reference.
 Writes convergence.json to --out and prints a table; exits with 1 if a backend fails.
 """
 import argparse
