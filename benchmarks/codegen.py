@@ -1,6 +1,6 @@
 """What the compiler makes of every Triton kernel, on a machine without a GPU.
 
-    python -m benchmarks.codegen [--arch 90] [--arch 80] [--small] [--out DIR]
+    python -m benchmarks.codegen [--arch 90] [--arch 80] [--small] [--only NAME] [--out DIR]
 
 The launchers run as they would on a GPU (their own block sizes, warps and stages), on CPU
 tensors, with Triton's driver replaced by one that names an NVIDIA target: each launch
@@ -319,7 +319,7 @@ class KernelReport:
 
 
 def analyse(case: Case, compiled: Compiled) -> KernelReport:
-    warps = compiled.constexprs["num_warps"]
+    warps = compiled.kernel.metadata.num_warps
     c = compiled.constexprs
     tile = c.get("BLOCK_L", 1) * c.get("BLOCK_K", 1)
     bodies = mma_loops(sass(compiled.kernel.asm["cubin"])) if kernel_pass(compiled.name) else []
@@ -436,10 +436,10 @@ def markdown(arch: int, reports: list[KernelReport], failures: list) -> str:
               "ld.global | loop mix per warp per iteration |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
-        c = r.compiled.constexprs
+        c, meta = r.compiled.constexprs, r.compiled.kernel.metadata
         lines.append(
-            f"| {r.case.name} | `{r.compiled.name}` | {_blocks(c)} | {c['num_warps']} | {c['num_stages']} | "
-            f"{r.compiled.kernel.metadata.shared} | {r.usage['registers']} | "
+            f"| {r.case.name} | `{r.compiled.name}` | {_blocks(c)} | {meta.num_warps} | {meta.num_stages} | "
+            f"{meta.shared} | {r.usage['registers']} | "
             f"{r.usage['spill_stores']}/{r.usage['spill_loads']} | {_mma(r.ptx)} | "
             f"{r.ptx['tma_loads']} / {r.ptx['cp_async']} / {r.ptx['global_loads']} | {_mix(r.loops)} |")
     for name, constexprs, error in failures:
@@ -451,11 +451,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 90 and 80)")
     parser.add_argument("--small", action="store_true", help="the L64 K64 D64 cases only")
+    parser.add_argument("--only", default="", help="the cases whose name contains this")
     parser.add_argument("--out", type=Path, help="write sm<arch>.md here instead of printing")
     args = parser.parse_args(argv)
     failed = False
     for arch in args.arch or (90, 80):
-        reports, failures = compile_cases(small_cases() if args.small else issue_cases(), arch)
+        cases = [c for c in (small_cases() if args.small else issue_cases()) if args.only in c.name]
+        reports, failures = compile_cases(cases, arch)
         text = markdown(arch, reports, failures)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
