@@ -1,6 +1,6 @@
 """What the compiler makes of every Triton kernel, on a machine without a GPU.
 
-    python -m benchmarks.codegen [--arch 90] [--arch 80] [--small] [--only NAME] [--out DIR]
+    python -m benchmarks.codegen [--arch 90] [--arch 80] [--small] [--only NAME] [--out DIR | --json]
 
 The launchers run as they would on a GPU (their own block sizes, warps and stages), on CPU
 tensors, with Triton's driver replaced by one that names an NVIDIA target: each launch
@@ -22,6 +22,7 @@ per warp) with the products the math needs: 2 GEMMs forward, 5 backward.
 """
 import argparse
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -379,6 +380,28 @@ def binding_term(row: PassSummary) -> str:
 
 # --------------------------------------------------------------------------- the table
 
+NOTES_SM90 = """### Where a target is missed, and why
+
+- **Backward at K = 1024 (and L = 512 for slot_attention): MMA binds, 1.8x the useful products.**
+  The backward takes delta = rowsum(P * dP) from the recomputed P in float32 and renormalises P
+  by its recomputed row sum (docs/SPEC.md, *Decided*), because delta from the output rounded to 16
+  bits was the whole bfloat16 dq error on peaked rows (0.09 against 0.1 on an H100). Both need every
+  score of a row before the first dS: when the keys span several blocks, the dq (slot) kernel makes
+  a first pass over them (2 of the 9 products executed against 5 useful). Where they fit one block
+  (L64 K64) the same kernel finds both from the scores at hand and the backward executes 7 (1.4x).
+  A float32 side output of the forward (its accumulator divided by the row sum, before rounding)
+  would give delta = rowsum(dO * O) at 7 products, as accurate as today on peaked rows (the
+  largest P of a row is exactly 1 in the forward's 16-bit product), but the forward's launcher
+  would return a third tensor that the op layer saves: an interface change left to the op layer.
+- **Forward at L64 K64 D64: issue binds (314 against 286).** One 64x64 tile per program and per
+  iteration: the K/V copies' address arithmetic (cp.async, ~80 integer instructions a block) is
+  not shared with a second tile as in the 128x128 tiles at L512, and the tensor descriptors (TMA)
+  that would remove most of it are not used (see below).
+- **Not done**: tensor descriptors (TMA) for the contiguous variants, warp specialization, and a
+  split over K with a fixed-order combine for grids that cannot fill the GPU (B16 H8 L64 launches
+  128 programs of 64 rows for 132 SMs).
+"""
+
 
 def _blocks(c: dict) -> str:
     return "/".join(str(c[k]) for k in ("BLOCK_L", "BLOCK_K", "BLOCK_R", "BLOCK_W", "BLOCK_D") if k in c)
@@ -429,7 +452,8 @@ def markdown(arch: int, reports: list[KernelReport], failures: list) -> str:
                       "backward <= 1.1x with executed/useful MMA <= 1.4. The tutorial's bounds (272 / 512 "
                       "forward, 896 / 1792 backward at D64 / D128) are those of Triton's fused-attention "
                       "tutorial compiled and modelled the same way; its backward takes delta from the "
-                      "output rounded to 16 bits, which these kernels do not (see NOTES below)."]
+                      "output rounded to 16 bits, which these kernels do not (below)."]
+            lines += ["", NOTES_SM90]
         lines.append("")
     lines += ["## Per kernel", "",
               "| case | kernel | blocks | warps | stages | smem | regs | spill st/ld | MMA (PTX) | TMA / cp.async / "
@@ -447,19 +471,30 @@ def markdown(arch: int, reports: list[KernelReport], failures: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def properties(reports: list[KernelReport]) -> list[dict]:
+    """What the tests hold, one JSON-able row per kernel and per pass."""
+    rows = [{"case": r.case.name, "kernel": r.compiled.name, "wgmma": bool(r.ptx["wgmma"]),
+             "mma_sync": bool(r.ptx["mma_sync"]), **r.usage} for r in reports]
+    return rows + [{"case": p.case.name, "pass": p.pass_, "bound": p.bound, "mma_ratio": p.mma_ratio,
+                    "binds": binding_term(p)} for p in summarise(reports)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 90 and 80)")
     parser.add_argument("--small", action="store_true", help="the L64 K64 D64 cases only")
     parser.add_argument("--only", default="", help="the cases whose name contains this")
     parser.add_argument("--out", type=Path, help="write sm<arch>.md here instead of printing")
+    parser.add_argument("--json", action="store_true", help="print properties() as JSON lines instead")
     args = parser.parse_args(argv)
     failed = False
     for arch in args.arch or (90, 80):
         cases = [c for c in (small_cases() if args.small else issue_cases()) if args.only in c.name]
         reports, failures = compile_cases(cases, arch)
         text = markdown(arch, reports, failures)
-        if args.out:
+        if args.json:
+            print("\n".join(json.dumps({"arch": arch, **row}) for row in properties(reports)))
+        elif args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"sm{arch}.md").write_text(text)
         else:

@@ -14,6 +14,9 @@ def _cast(tensors, dtype):
 
 def memory_read(q, k, v, scale, dtype=torch.float64):
     q, k, v = _cast((q, k, v), dtype)
+    # Grouped heads: k and v with H_kv heads serve H // H_kv query heads each, in order.
+    group = q.shape[2] // k.shape[2]
+    k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
     s = torch.einsum("blhd,bkhd->bhlk", q, k) * scale
     p = torch.softmax(s, dim=-1)
     return torch.einsum("bhlk,bkhd->blhd", p, v)

@@ -20,7 +20,10 @@ HARNESS = Path(__file__).with_name("triton_aot.py")
 @pytest.fixture(scope="module")
 def compiled():
     """{arch: (return code, records, failures, stderr)}"""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    # The repository first on the path: the harness imports benchmarks.codegen and this checkout's memkernels.
+    root = str(HARNESS.parent.parent)
+    env = {**os.environ, "TRITON_INTERPRET": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     procs = {arch: subprocess.Popen([sys.executable, str(HARNESS), "--arch", str(arch)], env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for arch in ARCHS}
     results = {}
@@ -46,7 +49,11 @@ def test_every_variant_compiles(compiled, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_register_spills(compiled, arch):
-    spilled = [r for r in compiled[arch][1] if r["spill_bytes"]]
+    # ptxas's own spill counts: on sm_90 a spill can show as stack with no local memory in the
+    # cubin's resource usage, which a LOCAL-based check would pass.
+    records = compiled[arch][1]
+    assert records and all("spill_stores" in r for r in records)
+    spilled = [r for r in records if r["spill_stores"] or r["spill_loads"]]
     assert not spilled, "\n".join(json.dumps(r) for r in spilled)
 
 

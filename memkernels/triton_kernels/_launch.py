@@ -116,8 +116,12 @@ _TARGET_PROGRAMS = 264
 
 @functools.lru_cache(maxsize=1024)
 def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, head_dim: int, elem_size: int,
-                    accumulators: int = 1) -> Tiles:
+                    kernel: str = "forward") -> Tiles:
     """Block sizes for an attention kernel as a pure function of the architecture and shape.
+
+    `kernel` is "forward" (one [rows, D] accumulator and one tile of scores), "rows" (a
+    backward kernel owning query rows: one accumulator, scores and their gradient) or
+    "stream" (a backward kernel owning key rows: two accumulators, dk and dv).
 
     Deliberately not triton.autotune: a choice by timing can differ between processes, and the
     streamed block fixes the summation order, so it would break bitwise reproducibility.
@@ -125,12 +129,11 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
     16-bit inputs run on tensor cores with float32 accumulators. On Hopper (sm_90) an MMA
     belongs to a warpgroup of 4 warps covering 64 rows: a program owns 64 rows per warpgroup,
     never two warpgroups on the same 64 rows (which would both issue the whole product), and
-    128 rows (two warpgroups) where the rows allow and one accumulator of at most 128 columns
-    keeps registers clear of spills. On sm_80 a warp's mma.sync covers 16 rows, so 4 warps
-    own 64 rows. A kernel with `accumulators` [rows, D] accumulators (dk and dv) streams
-    fewer rows at D > 64. float32 ("ieee" dots, on the FMA units) keeps operands in registers
-    and takes 32-row tiles; float64's broadcast product [rows, D, stream] is held to 4096
-    elements.
+    128 rows (two warpgroups) where the rows allow; the forward streams 128 keys at D <= 64,
+    which halves the per-block overhead. On sm_80 a warp's mma.sync covers 16 rows, so 4 warps
+    own 64 rows. The sizes were chosen from benchmarks/codegen.py's output: no spills on sm_80
+    and sm_90. float32 ("ieee" dots, on the FMA units) keeps operands in registers and takes
+    32-row tiles; float64's broadcast product [rows, D, stream] is held to 4096 elements.
     """
     block_d = max(16, next_power_of_2(head_dim))
     rows_cap = max(16, next_power_of_2(n_rows))  # no bigger than the problem
@@ -148,13 +151,17 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
         while rows > 16 and batch_heads * cdiv(n_rows, rows) < _TARGET_PROGRAMS:
             rows //= 2
         return Tiles(rows, min(stream, stream_cap), block_d, warps, stages)
+    hopper = arch >= 90
     if block_d > 128:
         rows, stream, stages = 64, 32, 2
-    elif accumulators > 1 and block_d > 64:
-        rows, stream, stages = 64, 32, 3
+    elif kernel == "forward":
+        rows = 128 if hopper and n_rows >= 128 else 64
+        stream, stages = (128, 2) if hopper and block_d <= 64 else (64, 3)
+    elif kernel == "rows":
+        rows = 128 if hopper and n_rows >= 128 and block_d <= 64 else 64
+        stream, stages = 64, 2
     else:
-        rows = 128 if arch >= 90 and accumulators == 1 and n_rows >= 128 else 64
-        stream, stages = 64, 3
+        rows, stream, stages = 64, (64 if block_d <= 64 else 32), 2
     rows = min(rows, rows_cap)
     warps = 4 * max(1, rows // 64)  # 64 rows per warpgroup (sm_90); 16 per warp (sm_80)
     return Tiles(rows, min(stream, stream_cap), block_d, warps, stages)

@@ -399,18 +399,20 @@ def _memory_read_bwd_dkdv_contiguous_kernel(
 
 
 class _ReadConfig(NamedTuple):
-    queries: Tiles  # forward and dq kernel: rows = BLOCK_L tokens, stream = BLOCK_K slots
-    slots: Tiles  # dk/dv kernel: rows = BLOCK_K slots, stream = BLOCK_L tokens
+    forward: Tiles  # rows = BLOCK_L tokens, stream = BLOCK_K slots
+    dq: Tiles  # the same roles
+    dkdv: Tiles  # rows = BLOCK_K slots, stream = BLOCK_L tokens
 
 
 @functools.lru_cache(maxsize=1024)
 def _memory_read_config(arch: int, batch_heads: int, batch_kv_heads: int, L: int, K: int, D: int,
                         dtype: torch.dtype) -> _ReadConfig:
     """Block sizes from the architecture's table (`_launch.attention_tiles`) as a pure function
-    of the shape, computed once per shape; the dk/dv kernel carries two accumulators."""
+    of the shape, computed once per shape."""
     size = dtype.itemsize
-    return _ReadConfig(attention_tiles(arch, L, K, batch_heads, D, size),
-                       attention_tiles(arch, K, L, batch_kv_heads, D, size, accumulators=2))
+    return _ReadConfig(attention_tiles(arch, L, K, batch_heads, D, size, "forward"),
+                       attention_tiles(arch, L, K, batch_heads, D, size, "rows"),
+                       attention_tiles(arch, K, L, batch_kv_heads, D, size, "stream"))
 
 
 def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -446,7 +448,7 @@ def memory_read_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     (float64 for float64 inputs): natural log-sum-exp of scale * q.k over the K slots.
     k and v may have fewer heads, H_kv dividing H: query head h reads head h // (H // H_kv)."""
     B, L, H, D, K, H_kv = _shape(q, k)
-    cfg = _memory_read_config(target_arch(q.device), B * H, B * H_kv, L, K, D, q.dtype).queries
+    cfg = _memory_read_config(target_arch(q.device), B * H, B * H_kv, L, K, D, q.dtype).forward
     out = _empty((B, L, H, D), q.dtype, q.device)
     lse = _empty((B, H, L), numerics(q.dtype).acc_torch, q.device)
     contiguous = q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
@@ -474,11 +476,11 @@ def memory_read_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
     sizes = (H, H // H_kv, L, K, D, *kernel_scale(scale, q.dtype))
     with on_device(q):
         # Writes delta and p_scale, which the dk/dv kernel reads: the launches are stream-ordered.
-        tiles = cfg.queries
+        tiles = cfg.dq
         _launch(_BACKWARD_DQ, contiguous, cdiv(L, tiles.block_rows) * B * H, (*inputs, lse, delta, p_scale, dq),
                 inputs, sizes, tiles, dict(BLOCK_L=tiles.block_rows, BLOCK_K=tiles.block_stream), q.dtype,
                 TWO_PASS=K > tiles.block_stream)
-        tiles = cfg.slots
+        tiles = cfg.dkdv
         _launch(_BACKWARD_DKDV, contiguous, cdiv(K, tiles.block_rows) * B * H_kv,
                 (*inputs, lse, delta, p_scale, dk, dv), inputs, sizes, tiles,
                 dict(BLOCK_K=tiles.block_rows, BLOCK_L=tiles.block_stream), q.dtype)
