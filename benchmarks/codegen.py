@@ -22,6 +22,7 @@ per warp) with the products the math needs: 2 GEMMs forward, 5 backward.
 """
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -88,31 +89,53 @@ def _ptxas_log(ptx: str, arch: int) -> str:
     return run.stderr
 
 
+def _knobs(**values):
+    """Sets the Triton knobs this version has (group.name=value), returning the old values."""
+    old = {}
+    for name, value in values.items():
+        group, attribute = name.split("__")
+        group = getattr(getattr(triton, "knobs", None), group, None)
+        if group is not None and hasattr(group, attribute):
+            old[name] = getattr(group, attribute)
+            setattr(group, attribute, value)
+    return old
+
+
 @contextlib.contextmanager
 def compile_only(arch: int, records: list, failures: list, ptxas: bool = True):
     """Within the block every Triton launch compiles for sm_<arch> instead of running; each
     compiled kernel is appended to `records` (with its ptxas -v log when `ptxas`), each
-    compiler error to `failures` as (kernel name, constexprs, message)."""
+    compiler error to `failures` as (kernel name, constexprs, message).
+
+    The log is the one Triton's own ptxas run prints when asked (every kernel compiled afresh,
+    not taken from Triton's cache, so that the run happens); a Triton without that knob gets
+    a second ptxas run with Triton's options."""
     launch = JITFunction.run
 
     def run(self, *args, grid, warmup, **kwargs):
         constexprs = {k: v for k, v in kwargs.items() if k.isupper() or k in ("num_warps", "num_stages")}
         dtype = str(next(a.dtype for a in args if isinstance(a, torch.Tensor))).removeprefix("torch.")
+        printed = io.StringIO()
         try:
-            kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+            with contextlib.redirect_stdout(printed):
+                kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
         except Exception as error:  # noqa: BLE001  (any compiler error is a finding to report)
             failures.append((self.fn.__name__, {**constexprs, "dtype": dtype},
                              f"{type(error).__name__}: {str(error)[-2000:]}"))
             return None
-        log = _ptxas_log(kernel.asm["ptx"], arch) if ptxas else ""
+        log = printed.getvalue()
+        if ptxas and "bytes spill stores" not in log:
+            log = _ptxas_log(kernel.asm["ptx"], arch)
         records.append(Compiled(kernel.name, arch, constexprs, dtype, kernel, log))
         return kernel
 
     driver.set_active(CompileOnlyDriver(GPUTarget("cuda", arch, 32)))
     JITFunction.run = run
+    old = _knobs(nvidia__dump_ptxas_log=True, compilation__always_compile=True) if ptxas else {}
     try:
         yield
     finally:
+        _knobs(**old)
         JITFunction.run = launch
         driver.set_active(None)  # back to the lazily detected driver
 
@@ -159,13 +182,17 @@ def _is_mma(opcode: str) -> bool:
 def mma_loops(instructions) -> list[list[tuple[int, str, str]]]:
     """The innermost loops holding an MMA: bodies between a backward branch and its target."""
     addresses = [a for a, _, _ in instructions]
-    spans = set()
+    spans = []
     for address, opcode, operands in instructions:
         target = re.search(r"0x([0-9a-f]+)", operands) if opcode.startswith("BRA") else None
         if target and int(target.group(1), 16) < address:
-            spans.add((int(target.group(1), 16), address))
-    with_mma = [(lo, hi) for lo, hi in spans
-                if any(_is_mma(op) for a, op, _ in instructions if lo <= a <= hi)]
+            spans.append((int(target.group(1), 16), address))
+    spans = sorted(set(spans))
+    # A span holding EXIT is no loop: a wait's retry block placed after the function's end
+    # branches back into its middle.
+    body_ops = [[op for a, op, _ in instructions if lo <= a <= hi] for lo, hi in spans]
+    with_mma = [span for span, ops in zip(spans, body_ops)
+                if any(map(_is_mma, ops)) and not any(op.startswith("EXIT") for op in ops)]
     innermost = [s for s in with_mma if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in with_mma)]
     return [[i for i in instructions if lo <= i[0] <= hi] for lo, hi in sorted(innermost)
             if lo in addresses]
@@ -393,13 +420,18 @@ NOTES_SM90 = """### Where a target is missed, and why
   would give delta = rowsum(dO * O) at 7 products, as accurate as today on peaked rows (the
   largest P of a row is exactly 1 in the forward's 16-bit product), but the forward's launcher
   would return a third tensor that the op layer saves: an interface change left to the op layer.
-- **Forward at L64 K64 D64: issue binds (314 against 286).** One 64x64 tile per program and per
-  iteration: the K/V copies' address arithmetic (cp.async, ~80 integer instructions a block) is
-  not shared with a second tile as in the 128x128 tiles at L512, and the tensor descriptors (TMA)
-  that would remove most of it are not used (see below).
-- **Not done**: tensor descriptors (TMA) for the contiguous variants, warp specialization, and a
-  split over K with a fixed-order combine for grids that cannot fill the GPU (B16 H8 L64 launches
-  128 programs of 64 rows for 132 SMs).
+- **Forward at L64 K64 D64: issue binds (314 against 286).** L = K = 64 is one 64x64 tile per
+  program: the per-block work (K/V copies and their address arithmetic, ~80 integer instructions,
+  the running max's rescale) is not shared with a second tile as in the 128x128 tiles at L512.
+  The tutorial's own kernel at a 64x64 tile models at 301. Tensor descriptors were tried on this
+  forward (2-D TMA descriptors made on the host, compiled the same way): 294 at L64 K64 D64, and at
+  L512 K1024 D64 the issue term drops from 238 to 227 where MUFU (264) binds anyway; not adopted
+  for so little against a descriptor built per launch on the host and a third kernel variant.
+- **slot_attention's backward at D128 executes the same products as memory_read's**, with the
+  self term outside the MMAs; its slot kernel rereads q, k and dout in the epilogue instead of
+  holding them through the token loops, which spilled 300+ bytes.
+- **Not done**: warp specialization, and a split over K with a fixed-order combine for grids that
+  cannot fill the GPU (B16 H8 L64 launches 128 programs of 64 rows for 132 SMs).
 """
 
 

@@ -156,8 +156,8 @@ TRITON_CASES = [case for case in CASES if case.values[0] == "triton"]
 @pytest.mark.parametrize("H_kv", [1, 2, 4])
 def test_grouped_heads_read_shared_keys(kernels, backend, device, dtype, H_kv):
     # H = 4 query heads over H_kv key/value heads (1: multi-query, 4: one each); dk and dv come
-    # back with H_kv heads, summed over each group. K = 37 spans a partial block, L = 19 two.
-    B, L, K, H, D = 2, 19, 37, 4, 16
+    # back with H_kv heads, summed over each group. K = 37 ends in a partial block, L = 19 too.
+    B, L, K, H, D = 1, 19, 37, 4, 16
     q, k, v, dout = _inputs(B, L, K, H, D, device, dtype, seed=7)
     k, v = k[:, :, :H_kv].contiguous(), v[:, :, :H_kv].contiguous()
     _, _, (dq, dk, dv) = _run_and_check(kernels, q, k, v, dout, D ** -0.5, dtype)
@@ -196,7 +196,7 @@ def test_triton_tiles_follow_the_architecture_table(arch):
                     assert block >= smallest and block & (block - 1) == 0
                 if dtype == torch.float64:  # bounded broadcast product in _common.mm
                     assert tiles.block_rows * tiles.block_stream * tiles.block_d <= 4096
-                if dtype.itemsize == 2:
+                if dtype.itemsize == 2 and D <= 128:
                     # 64 rows per warpgroup on Hopper, 16 per warp on sm_80: no two warpgroups on
                     # the same rows (both would issue the whole product).
                     assert tiles.num_warps == (4 * tiles.block_rows // 64 if arch == 90 else 4)

@@ -21,19 +21,22 @@ def tile_ptrs(base_ptr, rows, stride_row, cols, stride_col):
 
 @triton.jit
 def load_tile(base_ptr, rows, n_rows, stride_row, cols, n_cols, stride_col,
-              MASK_ROWS: tl.constexpr = True, MASK_COLS: tl.constexpr = True):
+              MASK_ROWS: tl.constexpr = True, MASK_COLS: tl.constexpr = True, CACHE: tl.constexpr = ""):
     # [len(rows), len(cols)]; elements outside [n_rows, n_cols] read as 0 so they add nothing to
     # products. A full block (MASK_ROWS False) or a head dim equal to the block's (MASK_COLS
-    # False) is read without the mask and its address arithmetic.
+    # False) is read without the mask and its address arithmetic. A cache modifier (CACHE) also
+    # keeps the compiler from merging a reread with an earlier read of the same tile, which
+    # would hold that tile in registers in between.
     ptrs = tile_ptrs(base_ptr, rows, stride_row, cols, stride_col)
     if MASK_ROWS and MASK_COLS:
-        return tl.load(ptrs, mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :], other=0.0)
+        return tl.load(ptrs, mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :], other=0.0,
+                       cache_modifier=CACHE)
     elif MASK_ROWS:
-        return tl.load(ptrs, mask=(rows < n_rows)[:, None], other=0.0)
+        return tl.load(ptrs, mask=(rows < n_rows)[:, None], other=0.0, cache_modifier=CACHE)
     elif MASK_COLS:
-        return tl.load(ptrs, mask=(cols < n_cols)[None, :], other=0.0)
+        return tl.load(ptrs, mask=(cols < n_cols)[None, :], other=0.0, cache_modifier=CACHE)
     else:
-        return tl.load(ptrs)
+        return tl.load(ptrs, cache_modifier=CACHE)
 
 
 @triton.jit

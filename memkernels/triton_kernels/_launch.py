@@ -131,9 +131,10 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
     never two warpgroups on the same 64 rows (which would both issue the whole product), and
     128 rows (two warpgroups) where the rows allow; the forward streams 128 keys at D <= 64,
     which halves the per-block overhead. On sm_80 a warp's mma.sync covers 16 rows, so 4 warps
-    own 64 rows. The sizes were chosen from benchmarks/codegen.py's output: no spills on sm_80
-    and sm_90. float32 ("ieee" dots, on the FMA units) keeps operands in registers and takes
-    32-row tiles; float64's broadcast product [rows, D, stream] is held to 4096 elements.
+    own 64 rows. The sizes were chosen from benchmarks/codegen.py's output (registers and ptxas
+    spills on sm_90). float32 ("ieee" dots, on the FMA units) keeps operands in registers and
+    takes 32-row tiles (16 for dk/dv); head dim 256 takes 16-row tiles over 8 warps in every
+    dtype; float64's broadcast product [rows, D, stream] is held to 4096 elements.
     """
     block_d = max(16, next_power_of_2(head_dim))
     rows_cap = max(16, next_power_of_2(n_rows))  # no bigger than the problem
@@ -144,17 +145,17 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
             tile //= 2
         return Tiles(min(tile, max(1, next_power_of_2(n_rows))), min(tile, max(1, next_power_of_2(n_stream))),
                      block_d, 8, 1)
+    if block_d > 128 or (elem_size == 4 and kernel == "stream"):
+        # D = 256 in any dtype, and float32's dk/dv kernels: 16-row tiles over 8 warps.
+        return Tiles(min(16, rows_cap), min(16, stream_cap), block_d, 8, 2)
     if elem_size == 4:
-        rows, stream, warps, stages = (32, 32, 8, 3) if block_d <= 64 else (32, 32, 8, 2) if block_d <= 128 else \
-            (16, 16, 8, 2)
+        rows, stream, warps, stages = (32, 32, 8, 3) if block_d <= 64 else (32, 32, 8, 2)
         rows = min(rows, rows_cap)
         while rows > 16 and batch_heads * cdiv(n_rows, rows) < _TARGET_PROGRAMS:
             rows //= 2
         return Tiles(rows, min(stream, stream_cap), block_d, warps, stages)
     hopper = arch >= 90
-    if block_d > 128:
-        rows, stream, stages = 64, 32, 2
-    elif kernel == "forward":
+    if kernel == "forward":
         rows = 128 if hopper and n_rows >= 128 else 64
         stream, stages = (128, 2) if hopper and block_d <= 64 else (64, 3)
     elif kernel == "rows":

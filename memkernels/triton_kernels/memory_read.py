@@ -1,11 +1,16 @@
 """Fused Triton kernels for Memformer's memory read (every token attends over all K slots).
 
-    out[b, l, h] = sum_j softmax_j(scale * q[b, l, h] . k[b, j, h]) * v[b, j, h]
+    out[b, l, h] = sum_j softmax_j(scale * q[b, l, h] . k[b, j, hk]) * v[b, j, hk]
+
+k and v may have fewer heads than q (grouped heads): H_kv dividing H, query head h reads
+key/value head hk = h // (H // H_kv) in place, with no expanded copy.
 
 Forward: one program per (L-block, b, h). The query block stays on chip while K/V stream
-through in blocks of BLOCK_K slots with an online softmax, so any K works; when K fits one
-block the loop runs once. The natural log-sum-exp is saved per row so the backward can
-rebuild P = exp(scale * q.k - lse) without storing a (B, H, L, K) tensor.
+through in blocks of BLOCK_K slots with an online softmax, so any K works. Whole blocks run
+without masks, the scale folded into one fused multiply-add per score (the block's max is
+taken before scaling); the last, partial block is peeled off and masked. The natural
+log-sum-exp is saved per row so the backward can rebuild P = exp(scale * q.k - lse) without
+storing a (B, H, L, K) tensor.
 
 Backward (no atomics, so gradients are bitwise reproducible):
   1. per (L-block, b, h): P = exp(scale * q.k - lse) / rowsum(exp(...)) and
@@ -16,8 +21,10 @@ Backward (no atomics, so gradients are bitwise reproducible):
      dq error (0.09 against a gradient of 0.1 on an H100). The normalisation makes each row
      of P sum to 1, and of dS to 0, although P rebuilt from a float32 lse sums to 1 only
      within ~3e-5 at scores of magnitude 500 (see reference._softmax_backward). When K fits
-     one block the scores are computed once; otherwise a first pass over K finds both.
-  2. per (K-block, b, h), looping over L in order: dv = P^T dout, dk = scale * dS^T q.
+     one block the scores are computed once; otherwise (TWO_PASS, fixed by the shape) a
+     first pass over K finds both.
+  2. per (K-block, b, key/value head), looping over its query heads and over L in order:
+     dv = P^T dout, dk = scale * dS^T q, summed over the group.
 Every output element is written by exactly one program.
 
 Inputs are read through their strides (a (B, H, L, D) tensor passed as x.transpose(1, 2) is
@@ -26,8 +33,9 @@ strides runs, since Triton's launch cost grows with the argument count. The two 
 may order a reduction differently: the same inputs in the same layout give the same bits,
 other layouts agree to rounding. Accumulation is float32 (float64 for float64 inputs);
 tl.dot runs on the input dtype (P and dS are cast down before their dot, as in
-FlashAttention), float32 at IEEE precision; float64 uses broadcast products. Block sizes
-come from _memory_read_config, a pure function of the shape.
+FlashAttention), float32 at IEEE precision; float64 uses broadcast products. Block sizes,
+warps and stages come from the architecture's table (`_launch.attention_tiles`), a pure
+function of the shape; `python -m benchmarks.codegen` shows what the compiler makes of them.
 """
 import functools
 from typing import NamedTuple
@@ -82,6 +90,26 @@ def _scores(q, kt, slots, K, scale, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr
 
 
 @triton.jit
+def _fwd_block(q, k_base, v_base, slots, K, stride_kk, stride_kd, stride_vk, stride_vd, cols, D, scale, m_i, l_i, acc,
+               MASK_SLOTS: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_L: tl.constexpr,
+               BLOCK_K: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               BASE2: tl.constexpr):
+    # One block of slots of the online softmax. A whole block is read without a mask and takes
+    # one fused multiply-add and one exp2 per score; a masked one gives padding slots -inf.
+    kt = load_tile(k_base, slots, K, stride_kk, cols, D, stride_kd, MASK_SLOTS, not EVEN_D)  # [BLOCK_K, BLOCK_D]
+    vt = load_tile(v_base, slots, K, stride_vk, cols, D, stride_vd, MASK_SLOTS, not EVEN_D)  # [BLOCK_K, BLOCK_D]
+    if MASK_SLOTS:
+        s = _scores(q, kt, slots, K, scale, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION)
+        m_i, alpha, p = online_softmax_step(s, m_i, BASE2)  # p: [BLOCK_L, BLOCK_K]
+    else:
+        qk = mm(q, tl.trans(kt), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
+        m_i, alpha, p = full_block_softmax_step(qk, m_i, scale, NEGATIVE_SCALE, BASE2)  # p: [BLOCK_L, BLOCK_K]
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = mm(p.to(vt.dtype), vt, acc * alpha[:, None], USE_TL_DOT, DOT_PRECISION)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _fwd(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     stride_qb, stride_ql, stride_qh, stride_qd,
@@ -89,6 +117,7 @@ def _fwd(
     stride_vb, stride_vk, stride_vh, stride_vd,
     H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     NEGATIVE_SCALE: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr,
 ):
@@ -106,24 +135,21 @@ def _fwd(
     m_i = tl.full([BLOCK_L], float("-inf"), ACC_DTYPE)  # [BLOCK_L] running max of the scores
     l_i = tl.zeros([BLOCK_L], ACC_DTYPE)  # [BLOCK_L] running sum of exp(score - m_i)
     acc = tl.zeros([BLOCK_L, BLOCK_D], ACC_DTYPE)  # [BLOCK_L, BLOCK_D]
-    # Whole blocks of slots without a mask; the last, partial block peeled off below.
-    k_full = K - K % BLOCK_K
-    for k0 in range(0, k_full, BLOCK_K):
-        slots = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        kt = load_tile(k_base, slots, K, stride_kk, cols, D, stride_kd, False, not EVEN_D)  # [BLOCK_K, BLOCK_D]
-        vt = load_tile(v_base, slots, K, stride_vk, cols, D, stride_vd, False, not EVEN_D)  # [BLOCK_K, BLOCK_D]
-        qk = mm(q, tl.trans(kt), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
-        m_i, alpha, p = full_block_softmax_step(qk, m_i, scale, NEGATIVE_SCALE, BASE2)  # p: [BLOCK_L, BLOCK_K]
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = mm(p.to(vt.dtype), vt, acc * alpha[:, None], USE_TL_DOT, DOT_PRECISION)
-    if k_full < K:
-        slots = k_full + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-        kt = load_tile(k_base, slots, K, stride_kk, cols, D, stride_kd, True, not EVEN_D)  # [BLOCK_K, BLOCK_D]
-        vt = load_tile(v_base, slots, K, stride_vk, cols, D, stride_vd, True, not EVEN_D)  # [BLOCK_K, BLOCK_D]
-        s = _scores(q, kt, slots, K, scale, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION)
-        m_i, alpha, p = online_softmax_step(s, m_i, BASE2)  # p: [BLOCK_L, BLOCK_K]
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = mm(p.to(vt.dtype), vt, acc * alpha[:, None], USE_TL_DOT, DOT_PRECISION)
+    if WHOLE_BLOCKS:  # whole blocks of slots without a mask; the last, partial block peeled off
+        k_full = K - K % BLOCK_K
+        for k0 in range(0, k_full, BLOCK_K):
+            m_i, l_i, acc = _fwd_block(q, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
+                                       stride_vk, stride_vd, cols, D, scale, m_i, l_i, acc, False, NEGATIVE_SCALE,
+                                       EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+        if k_full < K:
+            m_i, l_i, acc = _fwd_block(q, k_base, v_base, k_full + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
+                                       stride_vk, stride_vd, cols, D, scale, m_i, l_i, acc, True, NEGATIVE_SCALE,
+                                       EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+    else:  # one masked loop: two copies of an FMA-unit product (float32, float64) spill registers
+        for k0 in range(0, K, BLOCK_K):
+            m_i, l_i, acc = _fwd_block(q, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
+                                       stride_vk, stride_vd, cols, D, scale, m_i, l_i, acc, True, NEGATIVE_SCALE,
+                                       EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
     # out (B, L, H, D) and lse (B, H, L) are allocated contiguous.
     store_tile(out_ptr + (b * L * H + h) * D, rows, L, H * D, cols, D, acc / l_i[:, None])
@@ -138,19 +164,21 @@ def _memory_read_fwd_strided_kernel(
     stride_vb, stride_vk, stride_vh, stride_vd,
     H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     NEGATIVE_SCALE: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr,
 ):
     _fwd(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
          stride_qb, stride_ql, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
          stride_vb, stride_vk, stride_vh, stride_vd, H, GROUP, L, K, D, scale_hi, scale_lo,
-         BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, NEGATIVE_SCALE, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+         BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, WHOLE_BLOCKS, NEGATIVE_SCALE, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
 
 @triton.jit
 def _memory_read_fwd_contiguous_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     NEGATIVE_SCALE: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr,
 ):
@@ -160,7 +188,7 @@ def _memory_read_fwd_contiguous_kernel(
     slots = tl.cast(K, tl.int64) * kv_row
     _fwd(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, tokens, row, D, 1, slots, kv_row, D, 1, slots, kv_row, D, 1,
          H, GROUP, L, K, D, scale_hi, scale_lo,
-         BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, NEGATIVE_SCALE, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+         BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, WHOLE_BLOCKS, NEGATIVE_SCALE, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
 
 @triton.jit
@@ -182,6 +210,33 @@ def _dq_probs(q, do, k_base, v_base, slots, K, stride_kk, stride_kd, stride_vk, 
 
 
 @triton.jit
+def _dq_sums(q, do, k_base, v_base, slots, K, stride_kk, stride_kd, stride_vk, stride_vd, cols, D, lse, scale,
+             delta, p_sum, MASK_SLOTS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
+             EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+             BASE2: tl.constexpr):
+    # The first pass over one block of slots: adds rowsum(P * dP) and rowsum(P).
+    _, p, dp = _dq_probs(q, do, k_base, v_base, slots, K, stride_kk, stride_kd, stride_vk, stride_vd, cols, D, lse,
+                         scale, MASK_SLOTS, BLOCK_L, BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+    return delta + tl.sum(p * dp, axis=1), p_sum + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _dq_step(q, do, k_base, v_base, slots, K, stride_kk, stride_kd, stride_vk, stride_vd, cols, D, lse, scale,
+             dq, p_scale, delta, MASK_SLOTS: tl.constexpr, TWO_PASS: tl.constexpr, BLOCK_L: tl.constexpr,
+             BLOCK_K: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
+             DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr):
+    # dq += dS k over one block of slots; with a single block (not TWO_PASS) P's normalisation
+    # and delta come from the scores at hand.
+    kt, p, dp = _dq_probs(q, do, k_base, v_base, slots, K, stride_kk, stride_kd, stride_vk, stride_vd, cols, D, lse,
+                          scale, MASK_SLOTS, BLOCK_L, BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+    if not TWO_PASS:
+        p_scale = 1.0 / tl.sum(p, axis=1)
+        delta = tl.sum(p * dp, axis=1) * p_scale
+    ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_L, BLOCK_K]
+    return mm(ds.to(kt.dtype), kt, dq, USE_TL_DOT, DOT_PRECISION), p_scale, delta
+
+
+@triton.jit
 def _bwd_dq(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr,
     stride_qb, stride_ql, stride_qh, stride_qd,
@@ -190,6 +245,7 @@ def _bwd_dq(
     stride_gb, stride_gl, stride_gh, stride_gd,
     H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     TWO_PASS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr,
 ):
@@ -212,40 +268,41 @@ def _bwd_dq(
     p_scale = tl.full([BLOCK_L], 1.0, ACC_DTYPE)  # [BLOCK_L] 1 / rowsum of the rebuilt P
     if TWO_PASS:  # K spans several blocks: the second pass needs both over every slot first
         p_sum = tl.zeros([BLOCK_L], ACC_DTYPE)  # [BLOCK_L]
-        for k0 in range(0, k_full, BLOCK_K):
-            _, p, dp = _dq_probs(q, do, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
-                                 stride_vk, stride_vd, cols, D, lse, scale, False, BLOCK_L, BLOCK_K, EVEN_D,
-                                 ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
-            delta += tl.sum(p * dp, axis=1)
-            p_sum += tl.sum(p, axis=1)
-        if k_full < K:
-            _, p, dp = _dq_probs(q, do, k_base, v_base, k_full + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
-                                 stride_vk, stride_vd, cols, D, lse, scale, True, BLOCK_L, BLOCK_K, EVEN_D,
-                                 ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
-            delta += tl.sum(p * dp, axis=1)
-            p_sum += tl.sum(p, axis=1)
+        if WHOLE_BLOCKS:  # as in _fwd
+            for k0 in range(0, k_full, BLOCK_K):
+                delta, p_sum = _dq_sums(q, do, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
+                                        stride_vk, stride_vd, cols, D, lse, scale, delta, p_sum, False, BLOCK_L,
+                                        BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+            if k_full < K:
+                delta, p_sum = _dq_sums(q, do, k_base, v_base, k_full + tl.arange(0, BLOCK_K), K, stride_kk,
+                                        stride_kd, stride_vk, stride_vd, cols, D, lse, scale, delta, p_sum, True,
+                                        BLOCK_L, BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+        else:
+            for k0 in range(0, K, BLOCK_K):
+                delta, p_sum = _dq_sums(q, do, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
+                                        stride_vk, stride_vd, cols, D, lse, scale, delta, p_sum, True, BLOCK_L,
+                                        BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
         p_scale = 1.0 / p_sum
         delta = delta * p_scale
 
     dq = tl.zeros([BLOCK_L, BLOCK_D], ACC_DTYPE)  # [BLOCK_L, BLOCK_D]
-    for k0 in range(0, k_full, BLOCK_K):
-        kt, p, dp = _dq_probs(q, do, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
-                              stride_vk, stride_vd, cols, D, lse, scale, False, BLOCK_L, BLOCK_K, EVEN_D,
-                              ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
-        if not TWO_PASS:  # one block: both from the scores already at hand
-            p_scale = 1.0 / tl.sum(p, axis=1)
-            delta = tl.sum(p * dp, axis=1) * p_scale
-        ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_L, BLOCK_K]
-        dq = mm(ds.to(kt.dtype), kt, dq, USE_TL_DOT, DOT_PRECISION)
-    if k_full < K:
-        kt, p, dp = _dq_probs(q, do, k_base, v_base, k_full + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
-                              stride_vk, stride_vd, cols, D, lse, scale, True, BLOCK_L, BLOCK_K, EVEN_D,
-                              ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
-        if not TWO_PASS:
-            p_scale = 1.0 / tl.sum(p, axis=1)
-            delta = tl.sum(p * dp, axis=1) * p_scale
-        ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_L, BLOCK_K]
-        dq = mm(ds.to(kt.dtype), kt, dq, USE_TL_DOT, DOT_PRECISION)
+    if WHOLE_BLOCKS:
+        for k0 in range(0, k_full, BLOCK_K):
+            dq, p_scale, delta = _dq_step(q, do, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
+                                          stride_vk, stride_vd, cols, D, lse, scale, dq, p_scale, delta, False,
+                                          TWO_PASS, BLOCK_L, BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION,
+                                          BASE2)
+        if k_full < K:
+            dq, p_scale, delta = _dq_step(q, do, k_base, v_base, k_full + tl.arange(0, BLOCK_K), K, stride_kk,
+                                          stride_kd, stride_vk, stride_vd, cols, D, lse, scale, dq, p_scale, delta,
+                                          True, TWO_PASS, BLOCK_L, BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT,
+                                          DOT_PRECISION, BASE2)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            dq, p_scale, delta = _dq_step(q, do, k_base, v_base, k0 + tl.arange(0, BLOCK_K), K, stride_kk, stride_kd,
+                                          stride_vk, stride_vd, cols, D, lse, scale, dq, p_scale, delta, True,
+                                          TWO_PASS, BLOCK_L, BLOCK_K, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION,
+                                          BASE2)
 
     # dq (B, L, H, D) is allocated contiguous.
     store_tile(dq_ptr + (b * L * H + h) * D, rows, L, H * D, cols, D, dq * grad_scale(scale, BASE2))
@@ -285,6 +342,7 @@ def _bwd_dkdv(
     stride_gb, stride_gl, stride_gh, stride_gd,
     H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
 ):
     # Each program owns BLOCK_K slots of one (b, key/value head) and sums over the GROUP query
@@ -307,16 +365,23 @@ def _bwd_dkdv(
         q_base = q_ptr + b * stride_qb + h * stride_qh
         dout_base = dout_ptr + b * stride_gb + h * stride_gh
         stats = (b * H + h) * L  # lse, delta, p_scale (B, H, L) contiguous
-        for l0 in range(0, l_full, BLOCK_L):
-            dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                 p_scale_ptr + stats, l0 + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
-                                 stride_gl, stride_gd, cols, D, scale, dk, dv, False, BLOCK_K, BLOCK_L, EVEN_D,
-                                 ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
-        if l_full < L:
-            dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                 p_scale_ptr + stats, l_full + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
-                                 stride_gl, stride_gd, cols, D, scale, dk, dv, True, BLOCK_K, BLOCK_L, EVEN_D,
-                                 ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+        if WHOLE_BLOCKS:  # as in _fwd
+            for l0 in range(0, l_full, BLOCK_L):
+                dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                     p_scale_ptr + stats, l0 + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
+                                     stride_gl, stride_gd, cols, D, scale, dk, dv, False, BLOCK_K, BLOCK_L, EVEN_D,
+                                     ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+            if l_full < L:
+                dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                     p_scale_ptr + stats, l_full + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
+                                     stride_gl, stride_gd, cols, D, scale, dk, dv, True, BLOCK_K, BLOCK_L, EVEN_D,
+                                     ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+        else:
+            for l0 in range(0, L, BLOCK_L):
+                dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                     p_scale_ptr + stats, l0 + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
+                                     stride_gl, stride_gd, cols, D, scale, dk, dv, True, BLOCK_K, BLOCK_L, EVEN_D,
+                                     ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
     # dk, dv (B, K, H_KV, D) are allocated contiguous.
     slot_rows = (b * K * H_KV + kv_h) * D
@@ -333,6 +398,7 @@ def _memory_read_bwd_dq_strided_kernel(
     stride_gb, stride_gl, stride_gh, stride_gd,
     H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     TWO_PASS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr,
 ):
@@ -340,13 +406,14 @@ def _memory_read_bwd_dq_strided_kernel(
             stride_qb, stride_ql, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
             stride_vb, stride_vk, stride_vh, stride_vd, stride_gb, stride_gl, stride_gh, stride_gd,
             H, GROUP, L, K, D, scale_hi, scale_lo,
-            BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, TWO_PASS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+            BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, WHOLE_BLOCKS, TWO_PASS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
 
 @triton.jit
 def _memory_read_bwd_dq_contiguous_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr, H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     TWO_PASS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BASE2: tl.constexpr,
 ):
@@ -357,7 +424,7 @@ def _memory_read_bwd_dq_contiguous_kernel(
     _bwd_dq(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dq_ptr,
             tokens, row, D, 1, slots, kv_row, D, 1, slots, kv_row, D, 1, tokens, row, D, 1,
             H, GROUP, L, K, D, scale_hi, scale_lo,
-            BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, TWO_PASS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+            BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, WHOLE_BLOCKS, TWO_PASS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
 
 @triton.jit
@@ -369,13 +436,14 @@ def _memory_read_bwd_dkdv_strided_kernel(
     stride_gb, stride_gl, stride_gh, stride_gd,
     H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
 ):
     _bwd_dkdv(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
               stride_qb, stride_ql, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
               stride_vb, stride_vk, stride_vh, stride_vd, stride_gb, stride_gl, stride_gh, stride_gd,
               H, GROUP, L, K, D, scale_hi, scale_lo,
-              BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+              BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
 
 @triton.jit
@@ -383,6 +451,7 @@ def _memory_read_bwd_dkdv_contiguous_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
     H, GROUP, L, K, D, scale_hi, scale_lo,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
 ):
     row = H * D
@@ -392,7 +461,7 @@ def _memory_read_bwd_dkdv_contiguous_kernel(
     _bwd_dkdv(q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
               tokens, row, D, 1, slots, kv_row, D, 1, slots, kv_row, D, 1, tokens, row, D, 1,
               H, GROUP, L, K, D, scale_hi, scale_lo,
-              BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+              BLOCK_L, BLOCK_K, BLOCK_D, EVEN_D, WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -427,6 +496,7 @@ def _launch(variants, contiguous: bool, grid: int, pointers, strided_inputs, siz
     strides = () if contiguous else tuple(s for t in strided_inputs for s in t.stride())
     variants[contiguous][(check_grid(grid),)](
         *pointers, *strides, *sizes, **blocks, BLOCK_D=tiles.block_d, EVEN_D=sizes[4] == tiles.block_d,
+        WHOLE_BLOCKS=dtype.itemsize == 2,
         ACC_DTYPE=dt.acc_tl, USE_TL_DOT=dtype != torch.float64, DOT_PRECISION=dt.dot_precision,
         BASE2=dtype != torch.float64, num_warps=tiles.num_warps, num_stages=tiles.num_stages, **flags,
     )

@@ -8,7 +8,9 @@ The launchers take ``c`` already folded (``scale / tau``).
 Forward: one program per (block of slots, batch * head). It is flash attention whose
 online-softmax state starts at the slot's own term (max = s_self, sum = 1, acc = v_i)
 before the token blocks stream through, so a slot whose tokens are all padding never
-leaves that state (and is stored as v_i itself, bitwise). It saves ``lse`` for the backward.
+leaves that state (and is stored as v_i itself, bitwise). Whole token blocks without a
+padding mask take one fused multiply-add and one exp2 per score; the last, partial block is
+peeled off. It saves ``lse`` for the backward.
 
 Backward, with ``P`` recomputed from ``lse`` and ``dS = P * (dP - delta)`` over [self; tokens]:
   * a slot kernel (programs over slot blocks, looping over tokens) renormalises the rebuilt
@@ -18,7 +20,9 @@ Backward, with ``P`` recomputed from ``lse`` and ``dS = P * (dP - delta)`` over 
     writes ``dq = c * (dS_self k_i + dS_tok @ k_tok)``, ``dk = c * dS_self q``,
     ``dv = P_self dout``, and ``delta`` and the normalisation for the second kernel;
   * a token kernel (programs over token blocks, looping over all slots) writes
-    ``dk_tok = c * dS_tok^T @ q`` and ``dv_tok = P_tok^T @ dout``.
+    ``dk_tok = c * dS_tok^T @ q`` and ``dv_tok = P_tok^T @ dout``; it masks no score (padding
+    slots read zeros, padding tokens' rows are zeroed once at the end).
+Tiles, warps and stages come from the architecture's table (`_launch.attention_tiles`).
 Every output row belongs to exactly one program and every loop runs in a fixed order:
 no atomics, so results are bitwise reproducible run to run.
 
@@ -110,7 +114,8 @@ def _fwd(
     stride_ktb, stride_ktl, stride_kth, stride_ktd,
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
     H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -136,17 +141,24 @@ def _fwd(
     k_tok_base = k_tok_ptr + b * stride_ktb + h * stride_kth
     v_tok_base = v_tok_ptr + b * stride_vtb + h * stride_vth
     mask_row = mask_ptr + b * L
-    l_full = L - L % BLOCK_L  # tokens in whole blocks; the partial last block is peeled off
-    for start in range(0, l_full, BLOCK_L):
-        m_i, l_i, acc, n_live = _stream_block(
-            q, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, scale, m_i, l_i, acc, n_live,
-            stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, False, HAS_MASK, NEGATIVE_SCALE, EVEN_D,
-            ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
-    if l_full < L:
-        m_i, l_i, acc, n_live = _stream_block(
-            q, k_tok_base, v_tok_base, mask_row, l_full + tl.arange(0, BLOCK_L), cols, scale, m_i, l_i, acc, n_live,
-            stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, HAS_MASK, NEGATIVE_SCALE, EVEN_D,
-            ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+    l_full = L - L % BLOCK_L  # tokens in whole blocks
+    if WHOLE_BLOCKS:  # whole blocks without bounds masks; the partial last block peeled off
+        for start in range(0, l_full, BLOCK_L):
+            m_i, l_i, acc, n_live = _stream_block(
+                q, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, scale, m_i, l_i, acc,
+                n_live, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, False, HAS_MASK, NEGATIVE_SCALE, EVEN_D,
+                ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+        if l_full < L:
+            m_i, l_i, acc, n_live = _stream_block(
+                q, k_tok_base, v_tok_base, mask_row, l_full + tl.arange(0, BLOCK_L), cols, scale, m_i, l_i, acc,
+                n_live, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, HAS_MASK, NEGATIVE_SCALE, EVEN_D,
+                ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+    else:  # one masked loop: two copies of an FMA-unit product (float32, float64) spill registers
+        for start in range(0, L, BLOCK_L):
+            m_i, l_i, acc, n_live = _stream_block(
+                q, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, scale, m_i, l_i, acc,
+                n_live, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, HAS_MASK, NEGATIVE_SCALE, EVEN_D,
+                ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
 
     out = acc / l_i[:, None]  # [BLOCK_K, BLOCK_D]
     if HAS_MASK:
@@ -180,6 +192,37 @@ def _token_block_probs(q, dout, k_tok_base, v_tok_base, mask_row, tokens, cols, 
 
 
 @triton.jit
+def _slots_sums(q, dout, k_tok_base, v_tok_base, mask_row, tokens, cols, lse, scale, delta, p_sum,
+                stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D,
+                MASK_TOKENS: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+                USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr, BLOCK_K: tl.constexpr,
+                BLOCK_L: tl.constexpr):
+    # The slot kernel's first pass over one token block: adds rowsum(P * dP) and rowsum(P).
+    _, p, dp = _token_block_probs(q, dout, k_tok_base, v_tok_base, mask_row, tokens, cols, lse, scale,
+                                  stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, MASK_TOKENS, HAS_MASK, EVEN_D,
+                                  ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+    return delta + tl.sum(p * dp, axis=1), p_sum + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _slots_step(q, dout, k_tok_base, v_tok_base, mask_row, tokens, cols, lse, scale, p_self, dp_self, dq, p_scale,
+                delta, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D,
+                MASK_TOKENS: tl.constexpr, TWO_PASS: tl.constexpr, HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+                ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
+                BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr):
+    # dq += dS_tok k_tok over one token block; with a single block (not TWO_PASS) P's
+    # normalisation and delta, self term included, come from the scores at hand.
+    k_tok, p, dp = _token_block_probs(q, dout, k_tok_base, v_tok_base, mask_row, tokens, cols, lse, scale,
+                                      stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, MASK_TOKENS, HAS_MASK,
+                                      EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+    if not TWO_PASS:
+        p_scale = 1.0 / (p_self + tl.sum(p, axis=1))
+        delta = (p_self * dp_self + tl.sum(p * dp, axis=1)) * p_scale
+    ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_K, BLOCK_L]
+    return mm(ds.to(k_tok.dtype), k_tok, dq, USE_TL_DOT, DOT_PRECISION), p_scale, delta
+
+
+@triton.jit
 def _bwd_slots(
     q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr,
     dq_ptr, dk_ptr, dv_ptr,
@@ -190,7 +233,8 @@ def _bwd_slots(
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
     stride_gb, stride_gk, stride_gh, stride_gd,
     H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, TWO_PASS: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, TWO_PASS: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -209,8 +253,8 @@ def _bwd_slots(
     # lse (B, H, K) contiguous; rows past K read 0, their scores are 0 too, and nothing overflows.
     lse = to_score_units(load_rows(lse_ptr + bh * K, slots, K, True), BASE2)  # [BLOCK_K]
 
-    # The self term's score and dP. The tiles the epilogue needs again are reloaded there
-    # rather than kept through the token loops in a second register layout.
+    # The self term's score and dP. The tiles the epilogue needs again are reread there (from
+    # L2) rather than held in registers through the token loops (spills at D128).
     p_self = exp(tl.sum(q.to(ACC_DTYPE) * k.to(ACC_DTYPE), axis=1) * scale - lse, BASE2)  # [BLOCK_K]
     dp_self = tl.sum(dout.to(ACC_DTYPE) * v.to(ACC_DTYPE), axis=1)  # [BLOCK_K]
 
@@ -222,51 +266,52 @@ def _bwd_slots(
     p_scale = tl.full([BLOCK_K], 1.0, ACC_DTYPE)  # [BLOCK_K] 1 / rowsum of the rebuilt P
     if TWO_PASS:  # L spans several blocks: the second pass needs both over every token first
         p_sum = p_self  # [BLOCK_K]
-        for start in range(0, l_full, BLOCK_L):
-            _, p, dp = _token_block_probs(
-                q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
-                stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, False, HAS_MASK, EVEN_D,
-                ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
-            delta += tl.sum(p * dp, axis=1)
-            p_sum += tl.sum(p, axis=1)
-        if l_full < L:
-            _, p, dp = _token_block_probs(
-                q, dout, k_tok_base, v_tok_base, mask_row, l_full + tl.arange(0, BLOCK_L), cols, lse, scale,
-                stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, HAS_MASK, EVEN_D,
-                ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
-            delta += tl.sum(p * dp, axis=1)
-            p_sum += tl.sum(p, axis=1)
+        if WHOLE_BLOCKS:  # as in _fwd
+            for start in range(0, l_full, BLOCK_L):
+                delta, p_sum = _slots_sums(
+                    q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
+                    delta, p_sum, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, False, HAS_MASK, EVEN_D,
+                    ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+            if l_full < L:
+                delta, p_sum = _slots_sums(
+                    q, dout, k_tok_base, v_tok_base, mask_row, l_full + tl.arange(0, BLOCK_L), cols, lse, scale,
+                    delta, p_sum, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, HAS_MASK, EVEN_D,
+                    ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+        else:
+            for start in range(0, L, BLOCK_L):
+                delta, p_sum = _slots_sums(
+                    q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
+                    delta, p_sum, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, HAS_MASK, EVEN_D,
+                    ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
         p_scale = 1.0 / p_sum
         delta = delta * p_scale
 
     dq = tl.zeros([BLOCK_K, BLOCK_D], ACC_DTYPE)  # [BLOCK_K, BLOCK_D]
-    for start in range(0, l_full, BLOCK_L):
-        k_tok, p, dp = _token_block_probs(
-            q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale,
-            stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, False, HAS_MASK, EVEN_D,
-            ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
-        if not TWO_PASS:  # one block: both from the scores already at hand
-            p_scale = 1.0 / (p_self + tl.sum(p, axis=1))
-            delta = (p_self * dp_self + tl.sum(p * dp, axis=1)) * p_scale
-        ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_K, BLOCK_L]
-        dq = mm(ds.to(k_tok.dtype), k_tok, dq, USE_TL_DOT, DOT_PRECISION)
-    if l_full < L:
-        k_tok, p, dp = _token_block_probs(
-            q, dout, k_tok_base, v_tok_base, mask_row, l_full + tl.arange(0, BLOCK_L), cols, lse, scale,
-            stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, HAS_MASK, EVEN_D,
-            ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
-        if not TWO_PASS:
-            p_scale = 1.0 / (p_self + tl.sum(p, axis=1))
-            delta = (p_self * dp_self + tl.sum(p * dp, axis=1)) * p_scale
-        ds = p * p_scale[:, None] * (dp - delta[:, None])  # [BLOCK_K, BLOCK_L]
-        dq = mm(ds.to(k_tok.dtype), k_tok, dq, USE_TL_DOT, DOT_PRECISION)
+    if WHOLE_BLOCKS:
+        for start in range(0, l_full, BLOCK_L):
+            dq, p_scale, delta = _slots_step(
+                q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale, p_self,
+                dp_self, dq, p_scale, delta, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, False, TWO_PASS,
+                HAS_MASK, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+        if l_full < L:
+            dq, p_scale, delta = _slots_step(
+                q, dout, k_tok_base, v_tok_base, mask_row, l_full + tl.arange(0, BLOCK_L), cols, lse, scale, p_self,
+                dp_self, dq, p_scale, delta, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, TWO_PASS,
+                HAS_MASK, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
+    else:
+        for start in range(0, L, BLOCK_L):
+            dq, p_scale, delta = _slots_step(
+                q, dout, k_tok_base, v_tok_base, mask_row, start + tl.arange(0, BLOCK_L), cols, lse, scale, p_self,
+                dp_self, dq, p_scale, delta, stride_ktl, stride_ktd, stride_vtl, stride_vtd, L, D, True, TWO_PASS,
+                HAS_MASK, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L)
 
     c = grad_scale(scale, BASE2)
     p_self = p_self * p_scale  # [BLOCK_K]
     ds_self = p_self * (dp_self - delta)  # [BLOCK_K]
-    k = load_tile(k_base, slots, K, stride_kk, cols, D, stride_kd, True, not EVEN_D)  # [BLOCK_K, BLOCK_D]
-    q = load_tile(q_ptr + b * stride_qb + h * stride_qh, slots, K, stride_qk, cols, D, stride_qd, True, not EVEN_D)
-    dout = load_tile(dout_base, slots, K, stride_gk, cols, D, stride_gd, True, not EVEN_D)
+    k = load_tile(k_base, slots, K, stride_kk, cols, D, stride_kd, True, not EVEN_D, ".cg")  # [BLOCK_K, BLOCK_D]
+    q = load_tile(q_ptr + b * stride_qb + h * stride_qh, slots, K, stride_qk, cols, D, stride_qd, True, not EVEN_D,
+                  ".cg")  # [BLOCK_K, BLOCK_D]
+    dout = load_tile(dout_base, slots, K, stride_gk, cols, D, stride_gd, True, not EVEN_D, ".cg")
     dq = (dq + ds_self[:, None] * k.to(ACC_DTYPE)) * c
     # dq, dk, dv (B, K, H, D) and delta (B, H, K) are allocated contiguous.
     slot_rows = (b * K * H + h) * D
@@ -308,7 +353,8 @@ def _bwd_tokens(
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
     stride_gb, stride_gk, stride_gh, stride_gd,
     H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
+    HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -331,16 +377,23 @@ def _bwd_tokens(
     if HAS_MASK:  # padding tokens get zero gradients: a block of nothing but padding skips the slot loop
         slot_end = tl.where(tl.max(tok_ok.to(tl.int32), axis=0) > 0, K, 0)
     k_full = slot_end - slot_end % BLOCK_K  # slots in whole blocks
-    for start in range(0, k_full, BLOCK_K):
-        dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                     p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
-                                     stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, False, EVEN_D, ACC_DTYPE,
-                                     USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
-    if k_full < slot_end:
-        dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                     p_scale_ptr + stats, k_full + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
-                                     stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True, EVEN_D, ACC_DTYPE,
-                                     USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
+    if WHOLE_BLOCKS:  # as in _fwd
+        for start in range(0, k_full, BLOCK_K):
+            dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                         p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
+                                         stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, False, EVEN_D,
+                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
+        if k_full < slot_end:
+            dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                         p_scale_ptr + stats, k_full + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
+                                         stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True, EVEN_D,
+                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
+    else:
+        for start in range(0, slot_end, BLOCK_K):
+            dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                         p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
+                                         stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True, EVEN_D,
+                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
     if HAS_MASK:  # padding tokens' rows hold scores outside every lse: zero, as their gradient is
         dk_tok = tl.where(tok_ok[:, None], dk_tok, 0.0)
         dv_tok = tl.where(tok_ok[:, None], dv_tok, 0.0)
@@ -363,7 +416,8 @@ def _slot_attention_fwd_strided_kernel(
     stride_ktb, stride_ktl, stride_kth, stride_ktd,
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
     H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -371,13 +425,15 @@ def _slot_attention_fwd_strided_kernel(
          stride_qb, stride_qk, stride_qh, stride_qd, stride_kb, stride_kk, stride_kh, stride_kd,
          stride_vb, stride_vk, stride_vh, stride_vd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
          stride_vtb, stride_vtl, stride_vth, stride_vtd, H, K, L, D, scale_hi, scale_lo,
-         HAS_MASK, NEGATIVE_SCALE, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+         HAS_MASK, NEGATIVE_SCALE, EVEN_D,
+         WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
 
 
 @triton.jit
 def _slot_attention_fwd_contiguous_kernel(
     q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, lse_ptr, H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, NEGATIVE_SCALE: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -387,7 +443,8 @@ def _slot_attention_fwd_contiguous_kernel(
     _fwd(q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, out_ptr, lse_ptr,
          slots, row, D, 1, slots, row, D, 1, slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1,
          H, K, L, D, scale_hi, scale_lo,
-         HAS_MASK, NEGATIVE_SCALE, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+         HAS_MASK, NEGATIVE_SCALE, EVEN_D,
+         WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
 
 
 @triton.jit
@@ -401,7 +458,8 @@ def _slot_attention_bwd_slots_strided_kernel(
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
     stride_gb, stride_gk, stride_gh, stride_gd,
     H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, TWO_PASS: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, TWO_PASS: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -411,14 +469,16 @@ def _slot_attention_bwd_slots_strided_kernel(
                stride_vb, stride_vk, stride_vh, stride_vd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
                stride_vtb, stride_vtl, stride_vth, stride_vtd, stride_gb, stride_gk, stride_gh, stride_gd,
                H, K, L, D, scale_hi, scale_lo,
-               HAS_MASK, TWO_PASS, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+               HAS_MASK, TWO_PASS, EVEN_D,
+               WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
 
 
 @triton.jit
 def _slot_attention_bwd_slots_contiguous_kernel(
     q_ptr, k_ptr, v_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr,
     dq_ptr, dk_ptr, dv_ptr, H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, TWO_PASS: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_MASK: tl.constexpr, TWO_PASS: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr,
     USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -429,7 +489,8 @@ def _slot_attention_bwd_slots_contiguous_kernel(
                dq_ptr, dk_ptr, dv_ptr,
                slots, row, D, 1, slots, row, D, 1, slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1,
                slots, row, D, 1, H, K, L, D, scale_hi, scale_lo,
-               HAS_MASK, TWO_PASS, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
+               HAS_MASK, TWO_PASS, EVEN_D,
+               WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_K, BLOCK_L, BLOCK_D)
 
 
 @triton.jit
@@ -440,7 +501,8 @@ def _slot_attention_bwd_tokens_strided_kernel(
     stride_vtb, stride_vtl, stride_vth, stride_vtd,
     stride_gb, stride_gk, stride_gh, stride_gd,
     H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
+    HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -449,14 +511,15 @@ def _slot_attention_bwd_tokens_strided_kernel(
                 stride_qb, stride_qk, stride_qh, stride_qd, stride_ktb, stride_ktl, stride_kth, stride_ktd,
                 stride_vtb, stride_vtl, stride_vth, stride_vtd, stride_gb, stride_gk, stride_gh, stride_gd,
                 H, K, L, D, scale_hi, scale_lo,
-                HAS_MASK, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K, BLOCK_D)
+                HAS_MASK, EVEN_D, WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K, BLOCK_D)
 
 
 @triton.jit
 def _slot_attention_bwd_tokens_contiguous_kernel(
     q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr, dv_tok_ptr,
     H, K, L, D, scale_hi, scale_lo,
-    HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
+    HAS_MASK: tl.constexpr, EVEN_D: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -467,7 +530,7 @@ def _slot_attention_bwd_tokens_contiguous_kernel(
                 dv_tok_ptr,
                 slots, row, D, 1, tokens, row, D, 1, tokens, row, D, 1, slots, row, D, 1,
                 H, K, L, D, scale_hi, scale_lo,
-                HAS_MASK, EVEN_D, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K, BLOCK_D)
+                HAS_MASK, EVEN_D, WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K, BLOCK_D)
 
 
 # ----------------------------------------------------------------------------------------
@@ -500,7 +563,8 @@ def _launch(variants, contiguous: bool, grid: int, pointers, strided_inputs, sha
     strides = () if contiguous else tuple(s for t in strided_inputs for s in t.stride())
     variants[contiguous][(check_grid(grid),)](
         *pointers, *strides, *shape_and_scale,
-        HAS_MASK=has_mask, EVEN_D=shape_and_scale[3] == tiles.block_d, ACC_DTYPE=dt.acc_tl,
+        HAS_MASK=has_mask, EVEN_D=shape_and_scale[3] == tiles.block_d, WHOLE_BLOCKS=dtype.itemsize == 2,
+        ACC_DTYPE=dt.acc_tl,
         USE_TL_DOT=dtype != torch.float64, DOT_PRECISION=dt.dot_precision, BASE2=dtype != torch.float64,
         BLOCK_D=tiles.block_d, **blocks, num_warps=tiles.num_warps, num_stages=tiles.num_stages, **flags,
     )
