@@ -427,9 +427,9 @@ NOTES_SM90 = """### Where a target is missed, and why
   forward (2-D TMA descriptors made on the host, compiled the same way): 294 at L64 K64 D64, and at
   L512 K1024 D64 the issue term drops from 238 to 227 where MUFU (264) binds anyway; not adopted
   for so little against a descriptor built per launch on the host and a third kernel variant.
-- **slot_attention's backward at D128 executes the same products as memory_read's**, with the
-  self term outside the MMAs; its slot kernel rereads q, k and dout in the epilogue instead of
-  holding them through the token loops, which spilled 300+ bytes.
+- **No spills in any kernel above** (ptxas's counts). slot_attention's slot kernel rereads q, k
+  and dout for its epilogue (the self term's dq, dk, dv) instead of holding them through the token
+  loops, which spilled 300+ bytes at D128.
 - **Not done**: warp specialization, and a split over K with a fixed-order combine for grids that
   cannot fill the GPU (B16 H8 L64 launches 128 programs of 64 rows for 132 SMs).
 """

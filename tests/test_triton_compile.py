@@ -1,4 +1,5 @@
-"""Every Triton kernel variant compiles for sm_80 and sm_90, without spills, on any machine.
+"""Every Triton kernel variant compiles for sm_80 and sm_90, without spills (as ptxas counts
+them), on any machine.
 
 tests/triton_aot.py runs the launchers with a driver that compiles for an NVIDIA target
 instead of launching; here it runs once per architecture (both at once, in subprocesses, as

@@ -123,3 +123,29 @@ def full_block_softmax_step(qk, m_i, scale, NEGATIVE_SCALE: tl.constexpr, BASE2:
         m_block = tl.max(qk, axis=1) * scale
     m_new = tl.maximum(m_i, m_block)
     return m_new, exp(m_i - m_new, BASE2), exp(qk * scale - m_new[:, None], BASE2)
+
+
+@triton.jit
+def key_block_grads(kt, vt, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr, rows, n_rows, stride_q_row,
+                    stride_q_col, stride_g_row, stride_g_col, cols, D, scale, dk, dv,
+                    MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_KEYS: tl.constexpr,
+                    BLOCK_ROWS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr):
+    """One block of query rows for a kernel that owns keys kt and values vt [BLOCK_KEYS,
+    BLOCK_D]: dv += P^T dout and dk += dS^T q (dk unscaled), with P^T [BLOCK_KEYS, BLOCK_ROWS]
+    transposed (keys x query rows) so that neither product needs a transposed P, and
+    lse, delta and p_scale the query rows' saved statistics. No score is masked: query rows
+    past n_rows read q = dout = 0 and p_scale = 0, so their P and dS are 0; keys the caller
+    does not own reach only dk/dv rows it never stores (or zeroes)."""
+    q = load_tile(q_base, rows, n_rows, stride_q_row, cols, D, stride_q_col, MASK_ROWS, not EVEN_D)
+    do = load_tile(dout_base, rows, n_rows, stride_g_row, cols, D, stride_g_col, MASK_ROWS, not EVEN_D)
+    lse = to_score_units(load_rows(lse_ptr, rows, n_rows, MASK_ROWS), BASE2)  # [BLOCK_ROWS]
+    delta = load_rows(delta_ptr, rows, n_rows, MASK_ROWS)  # [BLOCK_ROWS]
+    p_scale = load_rows(p_scale_ptr, rows, n_rows, MASK_ROWS)  # [BLOCK_ROWS]
+    qk_t = mm(kt, tl.trans(q), tl.zeros([BLOCK_KEYS, BLOCK_ROWS], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
+    p_t = exp(qk_t * scale - lse[None, :], BASE2) * p_scale[None, :]  # [BLOCK_KEYS, BLOCK_ROWS]
+    dv = mm(p_t.to(do.dtype), do, dv, USE_TL_DOT, DOT_PRECISION)
+    dp_t = mm(vt, tl.trans(do), tl.zeros([BLOCK_KEYS, BLOCK_ROWS], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])  # [BLOCK_KEYS, BLOCK_ROWS]
+    dk = mm(ds_t.to(q.dtype), q, dk, USE_TL_DOT, DOT_PRECISION)
+    return dk, dv

@@ -48,6 +48,7 @@ from memkernels.triton_kernels._common import (
     exp,
     full_block_softmax_step,
     grad_scale,
+    key_block_grads,
     load_rows,
     load_tile,
     mm,
@@ -311,29 +312,6 @@ def _bwd_dq(
 
 
 @triton.jit
-def _dkdv_block(kt, vt, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr, rows, L, stride_ql, stride_qd,
-                stride_gl, stride_gd, cols, D, scale, dk, dv,
-                MASK_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, EVEN_D: tl.constexpr,
-                ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr):
-    # One block of tokens: dv += P^T dout, dk += dS^T q (dk unscaled), P^T [BLOCK_K, BLOCK_L].
-    # No score is masked: rows past L read q = dout = 0 and p_scale = 0, so their P and dS are
-    # 0; slots past K (rows of this program's tiles) only reach dk/dv rows that are never stored.
-    q = load_tile(q_base, rows, L, stride_ql, cols, D, stride_qd, MASK_ROWS, not EVEN_D)  # [BLOCK_L, BLOCK_D]
-    do = load_tile(dout_base, rows, L, stride_gl, cols, D, stride_gd, MASK_ROWS, not EVEN_D)  # [BLOCK_L, BLOCK_D]
-    lse = to_score_units(load_rows(lse_ptr, rows, L, MASK_ROWS), BASE2)  # [BLOCK_L]
-    delta = load_rows(delta_ptr, rows, L, MASK_ROWS)  # [BLOCK_L]
-    p_scale = load_rows(p_scale_ptr, rows, L, MASK_ROWS)  # [BLOCK_L]
-    # Transposed scores (slots x tokens) so neither product below needs a transposed P.
-    qk_t = mm(kt, tl.trans(q), tl.zeros([BLOCK_K, BLOCK_L], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
-    p_t = exp(qk_t * scale - lse[None, :], BASE2) * p_scale[None, :]  # [BLOCK_K, BLOCK_L]
-    dv = mm(p_t.to(do.dtype), do, dv, USE_TL_DOT, DOT_PRECISION)
-    dp_t = mm(vt, tl.trans(do), tl.zeros([BLOCK_K, BLOCK_L], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
-    ds_t = p_t * (dp_t - delta[None, :])  # [BLOCK_K, BLOCK_L]
-    dk = mm(ds_t.to(q.dtype), q, dk, USE_TL_DOT, DOT_PRECISION)
-    return dk, dv
-
-
-@triton.jit
 def _bwd_dkdv(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_ql, stride_qh, stride_qd,
@@ -367,21 +345,21 @@ def _bwd_dkdv(
         stats = (b * H + h) * L  # lse, delta, p_scale (B, H, L) contiguous
         if WHOLE_BLOCKS:  # as in _fwd
             for l0 in range(0, l_full, BLOCK_L):
-                dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                     p_scale_ptr + stats, l0 + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
-                                     stride_gl, stride_gd, cols, D, scale, dk, dv, False, BLOCK_K, BLOCK_L, EVEN_D,
-                                     ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+                dk, dv = key_block_grads(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                         p_scale_ptr + stats, l0 + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
+                                         stride_gl, stride_gd, cols, D, scale, dk, dv, False, EVEN_D, BLOCK_K, BLOCK_L,
+                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
             if l_full < L:
-                dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                     p_scale_ptr + stats, l_full + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
-                                     stride_gl, stride_gd, cols, D, scale, dk, dv, True, BLOCK_K, BLOCK_L, EVEN_D,
-                                     ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+                dk, dv = key_block_grads(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                         p_scale_ptr + stats, l_full + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
+                                         stride_gl, stride_gd, cols, D, scale, dk, dv, True, EVEN_D, BLOCK_K, BLOCK_L,
+                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
         else:
             for l0 in range(0, L, BLOCK_L):
-                dk, dv = _dkdv_block(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                     p_scale_ptr + stats, l0 + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
-                                     stride_gl, stride_gd, cols, D, scale, dk, dv, True, BLOCK_K, BLOCK_L, EVEN_D,
-                                     ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+                dk, dv = key_block_grads(kt, vt, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                         p_scale_ptr + stats, l0 + tl.arange(0, BLOCK_L), L, stride_ql, stride_qd,
+                                         stride_gl, stride_gd, cols, D, scale, dk, dv, True, EVEN_D, BLOCK_K, BLOCK_L,
+                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
 
     # dk, dv (B, K, H_KV, D) are allocated contiguous.
     slot_rows = (b * K * H_KV + kv_h) * D

@@ -40,6 +40,7 @@ from memkernels.triton_kernels._common import (
     exp,
     full_block_softmax_step,
     grad_scale,
+    key_block_grads,
     load_rows,
     load_tile,
     mm,
@@ -323,29 +324,6 @@ def _bwd_slots(
 
 
 @triton.jit
-def _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr, slots, K, stride_qk, stride_qd,
-                stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok,
-                MASK_SLOTS: tl.constexpr, EVEN_D: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
-                DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr):
-    # One block of slots for the token kernel: dv_tok += P dout, dk_tok += dS q (unscaled), with
-    # P [BLOCK_L, BLOCK_K] transposed (tokens x slots). No score is masked: slots past K read
-    # q = dout = 0 and p_scale = 0, so their P and dS are 0; tokens past L or padding (rows of
-    # this program's tiles) only reach rows that are zeroed or never stored.
-    q = load_tile(q_base, slots, K, stride_qk, cols, D, stride_qd, MASK_SLOTS, not EVEN_D)  # [BLOCK_K, BLOCK_D]
-    dout = load_tile(dout_base, slots, K, stride_gk, cols, D, stride_gd, MASK_SLOTS, not EVEN_D)  # [BLOCK_K, BLOCK_D]
-    lse = to_score_units(load_rows(lse_ptr, slots, K, MASK_SLOTS), BASE2)  # [BLOCK_K]
-    delta = load_rows(delta_ptr, slots, K, MASK_SLOTS)  # [BLOCK_K]
-    p_scale = load_rows(p_scale_ptr, slots, K, MASK_SLOTS)  # [BLOCK_K]
-    qk = mm(k_tok, tl.trans(q), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
-    p = exp(qk * scale - lse[None, :], BASE2) * p_scale[None, :]  # [BLOCK_L, BLOCK_K]
-    dp = mm(v_tok, tl.trans(dout), tl.zeros([BLOCK_L, BLOCK_K], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
-    ds = p * (dp - delta[None, :])  # [BLOCK_L, BLOCK_K]
-    dv_tok = mm(p.to(dout.dtype), dout, dv_tok, USE_TL_DOT, DOT_PRECISION)
-    dk_tok = mm(ds.to(q.dtype), q, dk_tok, USE_TL_DOT, DOT_PRECISION)
-    return dk_tok, dv_tok
-
-
-@triton.jit
 def _bwd_tokens(
     q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr, dv_tok_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
@@ -379,21 +357,21 @@ def _bwd_tokens(
     k_full = slot_end - slot_end % BLOCK_K  # slots in whole blocks
     if WHOLE_BLOCKS:  # as in _fwd
         for start in range(0, k_full, BLOCK_K):
-            dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                         p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
-                                         stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, False, EVEN_D,
-                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
+            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                             p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk,
+                                             stride_qd, stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, False,
+                                             EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
         if k_full < slot_end:
-            dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                         p_scale_ptr + stats, k_full + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
-                                         stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True, EVEN_D,
-                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
+            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                             p_scale_ptr + stats, k_full + tl.arange(0, BLOCK_K), K, stride_qk,
+                                             stride_qd, stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True,
+                                             EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
     else:
         for start in range(0, slot_end, BLOCK_K):
-            dk_tok, dv_tok = _slot_block(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                         p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd,
-                                         stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True, EVEN_D,
-                                         ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
+            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                             p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk,
+                                             stride_qd, stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True,
+                                             EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
     if HAS_MASK:  # padding tokens' rows hold scores outside every lse: zero, as their gradient is
         dk_tok = tl.where(tok_ok[:, None], dk_tok, 0.0)
         dv_tok = tl.where(tok_ok[:, None], dv_tok, 0.0)
