@@ -417,9 +417,10 @@ NOTES_SM90 = """### Where a target is missed, and why
   a first pass over them (2 of the 9 products executed against 5 useful). Where they fit one block
   (L64 K64) the same kernel finds both from the scores at hand and the backward executes 7 (1.4x).
   A float32 side output of the forward (its accumulator divided by the row sum, before rounding)
-  would give delta = rowsum(dO * O) at 7 products, as accurate as today on peaked rows (the
-  largest P of a row is exactly 1 in the forward's 16-bit product), but the forward's launcher
-  would return a third tensor that the op layer saves: an interface change left to the op layer.
+  would give delta = rowsum(dO * O) at 7 products; by analysis, not yet by a test, its error on a
+  peaked row scales with 1 - max P as today's does (the largest P of a row enters the forward's
+  16-bit product as exactly 1). The forward's launcher would then return a third tensor that the
+  op layer saves: an interface change left to the op layer.
 - **Forward at L64 K64 D64: issue binds (314 against 286).** L = K = 64 is one 64x64 tile per
   program: the per-block work (K/V copies and their address arithmetic, ~80 integer instructions,
   the running max's rescale) is not shared with a second tile as in the 128x128 tiles at L512.

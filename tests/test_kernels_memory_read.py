@@ -197,9 +197,9 @@ def test_triton_tiles_follow_the_architecture_table(arch):
                 if dtype == torch.float64:  # bounded broadcast product in _common.mm
                     assert tiles.block_rows * tiles.block_stream * tiles.block_d <= 4096
                 if dtype.itemsize == 2 and D <= 128:
-                    # 64 rows per warpgroup on Hopper, 16 per warp on sm_80: no two warpgroups on
-                    # the same rows (both would issue the whole product).
-                    assert tiles.num_warps == (4 * tiles.block_rows // 64 if arch == 90 else 4)
+                    # 64 rows per warpgroup on Hopper: no two warpgroups on the same rows (both
+                    # would issue the whole product).
+                    assert tiles.num_warps == (4 * tiles.block_rows // 64 if arch == 90 else 8)
     # The paper's L64 K64 keeps 64-row tiles (wgmma on Hopper) however few the heads.
     for tiles in triton_memory_read._memory_read_config(90, 8, 8, 64, 64, 64, torch.bfloat16):
         assert tiles.block_rows == 64 and tiles.num_warps == 4
