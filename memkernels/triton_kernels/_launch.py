@@ -130,8 +130,9 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
     belongs to a warpgroup of 4 warps covering 64 rows: a program owns 64 rows per warpgroup,
     never two warpgroups on the same 64 rows (which would both issue the whole product), and
     128 rows (two warpgroups) where the rows allow; the forward streams 128 keys at D <= 64,
-    which halves the per-block overhead. On sm_80 (mma.sync, per warp) 8 warps share 64 rows. The sizes were chosen from benchmarks/codegen.py's output (registers and ptxas
-    spills on sm_90). float32 ("ieee" dots, on the FMA units) keeps operands in registers and
+    which halves the per-block overhead. On sm_80 (mma.sync, per warp) 8 warps share 64 rows.
+    The sizes were chosen from benchmarks/codegen.py's output (registers and ptxas spills).
+    float32 ("ieee" dots, on the FMA units) keeps operands in registers and
     takes 32-row tiles (16 for dk/dv); head dim 256 takes 16-row tiles over 8 warps in every
     dtype; float64's broadcast product [rows, D, stream] is held to 4096 elements.
     """
