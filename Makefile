@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.14.1
 CUTLASS_PIN := nvidia-cutlass==4.2.0.0
 READY := $(VENV)/.ready
 
-.PHONY: test bench lint info clean gpu-test gpu-quick gpu-wheels ptxas dispatch-rule
+.PHONY: test bench lint info clean gpu-test gpu-quick gpu-wheels ptxas dispatch-rule codegen
 
 $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -91,3 +91,9 @@ ptxas: $(READY)
 	mkdir -p build
 	MEMKERNELS_PTXAS_VERBOSE=1 $(PY) setup.py build_ext --inplace --build-temp build/ptxas > build/ptxas.log 2>&1
 	$(PY) -m memkernels._cuda_build --ptxas-table build/ptxas.log
+
+# Compile every Triton kernel for sm_90 and sm_80 without a GPU and write what the compiler made
+# of it (MMA kinds, copies, registers, ptxas spills, inner-loop mix, the per-tile cost model) to
+# benchmarks/results/codegen/sm90.md and sm80.md. About 5 minutes on 2 cores.
+codegen: $(READY)
+	$(PY) -m benchmarks.codegen --arch 90 --arch 80 --out benchmarks/results/codegen

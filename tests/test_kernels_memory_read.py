@@ -38,7 +38,8 @@ def _inputs(B, L, K, H, D, device, dtype, seed=0):
 
 
 def _lse(q, k, scale):
-    return torch.logsumexp(torch.einsum("blhd,bkhd->bhlk", q.double(), k.double()) * scale, dim=-1)
+    k = k.double().repeat_interleave(q.shape[2] // k.shape[2], dim=2)  # grouped heads
+    return torch.logsumexp(torch.einsum("blhd,bkhd->bhlk", q.double(), k) * scale, dim=-1)
 
 
 def _run_and_check(kernels, q, k, v, dout, scale, dtype):
@@ -146,22 +147,65 @@ def test_bitwise_deterministic(kernels, backend, device, dtype):
         assert torch.equal(g1, g2)
 
 
+# --------------------------------------------------------------------------- grouped key/value heads
+
+TRITON_CASES = [case for case in CASES if case.values[0] == "triton"]
+
+
+@pytest.mark.parametrize("backend,device,dtype", TRITON_CASES)
+@pytest.mark.parametrize("H_kv", [1, 2, 4])
+def test_grouped_heads_read_shared_keys(kernels, backend, device, dtype, H_kv):
+    # H = 4 query heads over H_kv key/value heads (1: multi-query, 4: one each); dk and dv come
+    # back with H_kv heads, summed over each group. K = 37 ends in a partial block, L = 19 too.
+    B, L, K, H, D = 1, 19, 37, 4, 16
+    q, k, v, dout = _inputs(B, L, K, H, D, device, dtype, seed=7)
+    k, v = k[:, :, :H_kv].contiguous(), v[:, :, :H_kv].contiguous()
+    _, _, (dq, dk, dv) = _run_and_check(kernels, q, k, v, dout, D ** -0.5, dtype)
+    assert dk.shape == dv.shape == (B, K, H_kv, D)
+
+
+@pytest.mark.parametrize("backend,device,dtype", TRITON_CASES[:1])
+def test_grouped_heads_strided_and_deterministic(kernels, backend, device, dtype):
+    B, L, K, H, H_kv, D = 1, 9, 11, 4, 2, 8
+    gen = torch.Generator().manual_seed(8)
+
+    def rand(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    q, dout = rand(B, H, L, D).transpose(1, 2), rand(B, H, L, D).transpose(1, 2)
+    k, v = rand(B, H_kv, K, D).transpose(1, 2), rand(B, K, 2 * H_kv, D)[:, :, ::2]
+    first = _run_and_check(kernels, q, k, v, dout, 0.4, dtype)
+    second = _run_and_check(kernels, q, k, v, dout, 0.4, dtype)
+    for a, b in zip((*first[:2], *first[2]), (*second[:2], *second[2])):
+        assert torch.equal(a, b)
+
+
 # --------------------------------------------------------------------------- Triton's launch plans
 
 
-def test_triton_config_is_a_pure_function_of_the_shape():
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_tiles_follow_the_architecture_table(arch):
     for D in (1, 16, 24, 48, 64, 80, 96, 128, 256):
         for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            cfg = triton_memory_read._memory_read_config(128, 64, 1024, D, dtype)
-            assert cfg == triton_memory_read._memory_read_config(128, 64, 1024, D, dtype)
-            assert cfg.block_d == max(16, next_power_of_2(D))
+            cfg = triton_memory_read._memory_read_config(arch, 128, 128, 512, 1024, D, dtype)
+            assert cfg == triton_memory_read._memory_read_config(arch, 128, 128, 512, 1024, D, dtype)
             smallest = 1 if dtype == torch.float64 else 16  # tl.dot needs 16; float64 does without it
-            for block in (cfg.block_l, cfg.block_k, cfg.block_d):
-                assert block >= smallest and block & (block - 1) == 0
-            if dtype == torch.float64:  # bounded broadcast product in _common.mm
-                assert cfg.block_l * cfg.block_k * cfg.block_d <= 4096
-    # Few heads and a short segment: L is split finer so there are enough programs.
-    assert triton_memory_read._memory_read_config(8, 64, 32, 64, torch.float16).block_l == 16
+            for tiles in cfg:
+                assert tiles.block_d == max(16, next_power_of_2(D))
+                for block in (tiles.block_rows, tiles.block_stream, tiles.block_d):
+                    assert block >= smallest and block & (block - 1) == 0
+                if dtype == torch.float64:  # bounded broadcast product in _common.mm
+                    assert tiles.block_rows * tiles.block_stream * tiles.block_d <= 4096
+                if dtype.itemsize == 2 and D <= 128:
+                    # 64 rows per warpgroup on Hopper: no two warpgroups on the same rows (both
+                    # would issue the whole product).
+                    assert tiles.num_warps == (4 * tiles.block_rows // 64 if arch == 90 else 8)
+    # The paper's L64 K64 keeps 64-row tiles (wgmma on Hopper) however few the heads.
+    for tiles in triton_memory_read._memory_read_config(90, 8, 8, 64, 64, 64, torch.bfloat16):
+        assert tiles.block_rows == 64 and tiles.num_warps == 4
+    # Tiles never exceed the problem.
+    tiles = triton_memory_read._memory_read_config(90, 8, 8, 13, 7, 64, torch.float16).forward
+    assert (tiles.block_rows, tiles.block_stream) == (16, 16)
 
 
 def test_float64_scale_is_not_rounded_to_float32():

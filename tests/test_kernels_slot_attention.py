@@ -8,8 +8,7 @@ tests/tolerance.py.
 import pytest
 import torch
 
-from memkernels.triton_kernels import slot_attention as triton_slot_attention
-from memkernels.triton_kernels._launch import next_power_of_2
+from memkernels.triton_kernels._launch import attention_tiles, next_power_of_2
 
 import formulas
 from tolerance import assert_matches, assert_statistic, reference_pair
@@ -187,19 +186,20 @@ def test_peaked_softmax_gradient_is_accurate(kernels, backend, device, dtype):
 # --------------------------------------------------------------------------- Triton's launch plans
 
 
-@pytest.mark.parametrize("head_dim", [1, 8, 24, 48, 64, 80, 96, 128, 200, 256])
+@pytest.mark.parametrize("kernel", ["forward", "rows", "stream"])
 @pytest.mark.parametrize("elem_size", [2, 4, 8])
-def test_triton_tiles_are_valid_and_shape_determined(head_dim, elem_size):
-    for n_rows, n_stream, batch_heads in [(1, 1, 1), (7, 13, 4), (64, 64, 128), (4096, 4096, 512), (32, 100_000, 8)]:
-        tiles = triton_slot_attention._tiles(n_rows, n_stream, batch_heads, head_dim, elem_size)
-        assert tiles == triton_slot_attention._tiles(n_rows, n_stream, batch_heads, head_dim, elem_size)
-        assert tiles.block_d >= max(16, head_dim) and tiles.block_d & (tiles.block_d - 1) == 0
-        # tl.dot needs every side >= 16; float64 has no tl.dot, but its broadcast product is bounded.
-        floor = 1 if elem_size == 8 else 16
-        for block in (tiles.block_rows, tiles.block_stream):
-            assert floor <= block <= 64 and block & (block - 1) == 0
-        if elem_size == 8:
-            assert tiles.block_rows * tiles.block_stream * tiles.block_d <= 4096
-        # No bigger than the problem needs.
-        assert tiles.block_rows <= max(floor, next_power_of_2(n_rows))
-        assert tiles.block_stream <= max(floor, next_power_of_2(n_stream))
+def test_triton_tiles_are_valid_and_shape_determined(kernel, elem_size):
+    for head_dim in (1, 8, 24, 48, 64, 80, 96, 128, 200, 256):
+        for n_rows, n_stream, batch_heads in [(1, 1, 1), (7, 13, 4), (64, 64, 128), (4096, 4096, 512),
+                                              (32, 100_000, 8)]:
+            tiles = attention_tiles(90, n_rows, n_stream, batch_heads, head_dim, elem_size, kernel)
+            assert tiles.block_d >= max(16, head_dim) and tiles.block_d & (tiles.block_d - 1) == 0
+            # tl.dot needs every side >= 16; float64 has no tl.dot, but its broadcast product is bounded.
+            floor = 1 if elem_size == 8 else 16
+            for block in (tiles.block_rows, tiles.block_stream):
+                assert floor <= block <= 128 and block & (block - 1) == 0
+            if elem_size == 8:
+                assert tiles.block_rows * tiles.block_stream * tiles.block_d <= 4096
+            # No bigger than the problem needs.
+            assert tiles.block_rows <= max(floor, next_power_of_2(n_rows))
+            assert tiles.block_stream <= max(floor, next_power_of_2(n_stream))

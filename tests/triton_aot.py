@@ -9,24 +9,19 @@ of running. The Triton interpreter cannot see a kernel that fails to lower for a
 found a float64 tl.dot that the interpreter ran happily); this does.
 
 Prints one JSON line per compiled kernel: name, arch, dtype, block sizes, registers, spill
-and stack bytes, shared memory, and whether the PTX has tensor-core MMAs. Exits non-zero
-if any launch fails to compile.
+stores and loads as ptxas -v prints them, stack bytes, shared memory, and whether the PTX has
+tensor-core MMAs. Exits non-zero if any launch fails to compile.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"  # before triton decorates the kernels
 
 import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
 
+from benchmarks import codegen  # noqa: E402  (its compile-only driver and ptxas -v log)
 from memkernels.triton_kernels import memory_norm, memory_read, slot_attention  # noqa: E402
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -39,39 +34,11 @@ ATTENTION_SHAPES = [(2, 13, 7, 2, 24), (16, 64, 64, 8, 64), (2, 64, 200, 2, 128)
 NORM_SHAPES = [(3, 5, 40), (16, 1024, 512), (2, 3, 20000), (256, 8, 64), (1, 1, 1)]
 
 
-class _CompileOnlyDriver:
-    """Names an NVIDIA target for Triton's launch path; nothing here touches a GPU."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return self.target
-
-
-def _resource_usage(cubin: bytes) -> dict:
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
-    line = next(line for line in text.splitlines() if "REG:" in line)
-    fields = dict(item.split(":", 1) for item in line.split())
-    return {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]),
-            "spill_bytes": int(fields["LOCAL"]), "shared_bytes": int(fields["SHARED"])}
-
-
-def _record(kernel, arch, constexprs) -> dict:
-    ptx = kernel.asm["ptx"]
-    return {"kernel": kernel.name, "arch": arch, **constexprs, **_resource_usage(kernel.asm["cubin"]),
-            "tensor_cores": "mma.sync" in ptx or "wgmma" in ptx}
+def _record(compiled) -> dict:
+    ptx = compiled.kernel.asm["ptx"]
+    return {"kernel": compiled.name, "arch": compiled.arch, "dtype": compiled.dtype,
+            **{k: str(v) for k, v in compiled.constexprs.items()}, **codegen.ptxas_usage(compiled.ptxas_log),
+            "shared_bytes": compiled.kernel.metadata.shared, "tensor_cores": "mma.sync" in ptx or "wgmma" in ptx}
 
 
 def _rand(shape, dtype, transposed=False):
@@ -105,30 +72,12 @@ def _run_launchers(dtype):
 
 def compile_all(arch: int) -> tuple[list, list]:
     """(records, failures) for every launch at every dtype on sm_<arch>."""
-    records, failures = [], []
-    launch = JITFunction.run
-
-    def compile_only(self, *args, grid, warmup, **kwargs):
-        constexprs = {k: str(v) for k, v in kwargs.items() if k.isupper() or k in ("num_warps", "num_stages")}
-        constexprs["dtype"] = str(next(a.dtype for a in args if isinstance(a, torch.Tensor))).removeprefix("torch.")
-        try:
-            kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
-        except Exception as error:  # noqa: BLE001  (any compiler error is a finding to report)
-            failures.append({"kernel": self.fn.__name__, "arch": arch, **constexprs,
-                             "error": f"{type(error).__name__}: {str(error)[-2000:]}"})
-            return None
-        records.append(_record(kernel, arch, constexprs))
-        return kernel
-
-    driver.set_active(_CompileOnlyDriver(GPUTarget("cuda", arch, 32)))
-    JITFunction.run = compile_only
-    try:
+    compiled, failures = [], []
+    with codegen.compile_only(arch, compiled, failures):
         for dtype in DTYPES:
             _run_launchers(dtype)
-    finally:
-        JITFunction.run = launch
-        driver.set_active(None)  # back to the lazily detected driver
-    return records, failures
+    return [_record(c) for c in compiled], [{"kernel": name, "arch": arch, **{k: str(v) for k, v in c.items()},
+                                             "error": error} for name, c, error in failures]
 
 
 def main(argv=None) -> int:

@@ -20,10 +20,32 @@ def tile_ptrs(base_ptr, rows, stride_row, cols, stride_col):
 
 
 @triton.jit
-def load_tile(base_ptr, rows, n_rows, stride_row, cols, n_cols, stride_col):
-    # [len(rows), len(cols)]; elements outside [n_rows, n_cols] read as 0 so they add nothing to products.
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    return tl.load(tile_ptrs(base_ptr, rows, stride_row, cols, stride_col), mask=mask, other=0.0)
+def load_tile(base_ptr, rows, n_rows, stride_row, cols, n_cols, stride_col,
+              MASK_ROWS: tl.constexpr = True, MASK_COLS: tl.constexpr = True, CACHE: tl.constexpr = ""):
+    # [len(rows), len(cols)]; elements outside [n_rows, n_cols] read as 0 so they add nothing to
+    # products. A full block (MASK_ROWS False) or a head dim equal to the block's (MASK_COLS
+    # False) is read without the mask and its address arithmetic. A cache modifier (CACHE) also
+    # keeps the compiler from merging a reread with an earlier read of the same tile, which
+    # would hold that tile in registers in between.
+    ptrs = tile_ptrs(base_ptr, rows, stride_row, cols, stride_col)
+    if MASK_ROWS and MASK_COLS:
+        return tl.load(ptrs, mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :], other=0.0,
+                       cache_modifier=CACHE)
+    elif MASK_ROWS:
+        return tl.load(ptrs, mask=(rows < n_rows)[:, None], other=0.0, cache_modifier=CACHE)
+    elif MASK_COLS:
+        return tl.load(ptrs, mask=(cols < n_cols)[None, :], other=0.0, cache_modifier=CACHE)
+    else:
+        return tl.load(ptrs, cache_modifier=CACHE)
+
+
+@triton.jit
+def load_rows(ptr, rows, n_rows, MASK_ROWS: tl.constexpr):
+    # [len(rows)] of a contiguous per-row statistic; 0 past n_rows.
+    if MASK_ROWS:
+        return tl.load(ptr + rows, mask=rows < n_rows, other=0.0)
+    else:
+        return tl.load(ptr + rows)
 
 
 @triton.jit
@@ -82,13 +104,48 @@ def grad_scale(scale, BASE2: tl.constexpr):
 
 @triton.jit
 def online_softmax_step(s, m_i, BASE2: tl.constexpr):
-    """One block of scores s [ROWS, COLS] (-inf where masked) against the running max m_i
-    [ROWS]: returns (m_new, alpha, p) with p = exp(s - m_new) and alpha the factor that
-    rescales the running sum and accumulator."""
+    """One block of scaled scores s [ROWS, COLS] (-inf where masked) against the running max
+    m_i [ROWS]: returns (m_new, alpha, p) with p = exp(s - m_new) and alpha the factor that
+    rescales the running sum and accumulator. Every row must have a finite score by now (the
+    callers start from a real slot or the slot's own term), so m_new is finite."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    # A row with nothing finite yet keeps m_new = -inf: measuring from 0 instead keeps
-    # exp(-inf - -inf) from turning it into NaN (its p and alpha come out 0 and 1 or 0).
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = exp(m_i - m_ref, BASE2)
-    p = exp(s - m_ref[:, None], BASE2)
-    return m_new, alpha, p
+    return m_new, exp(m_i - m_new, BASE2), exp(s - m_new[:, None], BASE2)
+
+
+@triton.jit
+def full_block_softmax_step(qk, m_i, scale, NEGATIVE_SCALE: tl.constexpr, BASE2: tl.constexpr):
+    """online_softmax_step for a block without masks, from the unscaled products qk: the block's
+    max is taken before scaling (its min for a negative scale), so each score costs one
+    fused multiply-add, qk * scale - m_new, before its exponential."""
+    if NEGATIVE_SCALE:
+        m_block = tl.min(qk, axis=1) * scale
+    else:
+        m_block = tl.max(qk, axis=1) * scale
+    m_new = tl.maximum(m_i, m_block)
+    return m_new, exp(m_i - m_new, BASE2), exp(qk * scale - m_new[:, None], BASE2)
+
+
+@triton.jit
+def key_block_grads(kt, vt, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr, rows, n_rows, stride_q_row,
+                    stride_q_col, stride_g_row, stride_g_col, cols, D, scale, dk, dv,
+                    MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_KEYS: tl.constexpr,
+                    BLOCK_ROWS: tl.constexpr, ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr):
+    """One block of query rows for a kernel that owns keys kt and values vt [BLOCK_KEYS,
+    BLOCK_D]: dv += P^T dout and dk += dS^T q (dk unscaled), with P^T [BLOCK_KEYS, BLOCK_ROWS]
+    transposed (keys x query rows) so that neither product needs a transposed P, and
+    lse, delta and p_scale the query rows' saved statistics. No score is masked: query rows
+    past n_rows read q = dout = 0 and p_scale = 0, so their P and dS are 0; keys the caller
+    does not own reach only dk/dv rows it never stores (or zeroes)."""
+    q = load_tile(q_base, rows, n_rows, stride_q_row, cols, D, stride_q_col, MASK_ROWS, not EVEN_D)
+    do = load_tile(dout_base, rows, n_rows, stride_g_row, cols, D, stride_g_col, MASK_ROWS, not EVEN_D)
+    lse = to_score_units(load_rows(lse_ptr, rows, n_rows, MASK_ROWS), BASE2)  # [BLOCK_ROWS]
+    delta = load_rows(delta_ptr, rows, n_rows, MASK_ROWS)  # [BLOCK_ROWS]
+    p_scale = load_rows(p_scale_ptr, rows, n_rows, MASK_ROWS)  # [BLOCK_ROWS]
+    qk_t = mm(kt, tl.trans(q), tl.zeros([BLOCK_KEYS, BLOCK_ROWS], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
+    p_t = exp(qk_t * scale - lse[None, :], BASE2) * p_scale[None, :]  # [BLOCK_KEYS, BLOCK_ROWS]
+    dv = mm(p_t.to(do.dtype), do, dv, USE_TL_DOT, DOT_PRECISION)
+    dp_t = mm(vt, tl.trans(do), tl.zeros([BLOCK_KEYS, BLOCK_ROWS], ACC_DTYPE), USE_TL_DOT, DOT_PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])  # [BLOCK_KEYS, BLOCK_ROWS]
+    dk = mm(ds_t.to(q.dtype), q, dk, USE_TL_DOT, DOT_PRECISION)
+    return dk, dv
