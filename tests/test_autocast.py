@@ -148,3 +148,15 @@ def test_memformer_training_step_matches_explicit_casts(monkeypatch, device, dty
     assert len(grads[0]) > 30
     for (name, with_autocast), (_, with_casts) in zip(*grads):
         assert torch.equal(with_autocast, with_casts), name
+
+
+@pytest.mark.parametrize("autocast_on", [False, True], ids=["plain", "cpu-autocast-on"])
+def test_meta_tensors_skip_autocast(autocast_on):
+    """Shapes without data (meta tensors, as FLOP counting uses) pass through the public ops:
+    torch has no autocast state for the meta device, so the ops must not ask for it."""
+    q, k, v = (torch.empty(2, 5, 2, 8, device="meta") for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_on):
+        out = memkernels.memory_read(q, k, v, backend="torch")
+        norm = memkernels.memory_norm(q.flatten(2), torch.empty(5, 16, device="meta"), backend="torch")
+    assert out.device.type == norm.device.type == "meta"
+    assert out.shape == q.shape and norm.shape == (2, 5, 16) and norm.dtype == torch.float32

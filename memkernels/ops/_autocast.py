@@ -30,8 +30,12 @@ def _cast(t, dtype: torch.dtype):
 
 
 def enabled(first) -> bool:
-    """Is autocast on for the device of `first` (the op's first tensor)?"""
-    return isinstance(first, Tensor) and torch.is_autocast_enabled(first.device.type)
+    """Is autocast on for the device of `first` (the op's first tensor)?
+
+    Only CPU and CUDA have autocast here; asking torch about another device type (meta,
+    used to count FLOPs without running) raises."""
+    return (isinstance(first, Tensor) and first.device.type in _AUTOCAST_KEYS
+            and torch.is_autocast_enabled(first.device.type))
 
 
 def cast(policy: str, *tensors):
