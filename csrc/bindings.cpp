@@ -187,17 +187,16 @@ std::tuple<Tensor, Tensor, Tensor> memory_read_backward(const Tensor& dout, cons
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv};
   }
-  launch_row_delta(s.dtype, view4(dout), view4(out), delta.data_ptr<float>(), s.B, s.rows, s.H, s.D,
-                   stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  Tensor p_sum = at::empty({s.B, s.H, s.rows}, q.options().dtype(at::kFloat));
   launch_memory_read_backward_dq(s.dtype, view4(dout), view4(q), view4(k), view4(v),
-                                 lse.data_ptr<float>(), delta.data_ptr<float>(), view4(dq), s.B,
-                                 s.rows, s.keys, s.H, s.D, static_cast<float>(scale), stream);
+                                 lse.data_ptr<float>(), delta.data_ptr<float>(),
+                                 p_sum.data_ptr<float>(), view4(dq), s.B, s.rows, s.keys, s.H, s.D,
+                                 static_cast<float>(scale), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_memory_read_backward_dkdv(s.dtype, view4(dout), view4(q), view4(k), view4(v),
-                                   lse.data_ptr<float>(), delta.data_ptr<float>(), view4(dk),
-                                   view4(dv), s.B, s.rows, s.keys, s.H, s.D,
-                                   static_cast<float>(scale), stream);
+                                   lse.data_ptr<float>(), delta.data_ptr<float>(),
+                                   p_sum.data_ptr<float>(), view4(dk), view4(dv), s.B, s.rows,
+                                   s.keys, s.H, s.D, static_cast<float>(scale), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dq, dk, dv};
 }
@@ -279,18 +278,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> slot_attention_backward(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv, dk_tok, dv_tok};
   }
-  launch_row_delta(s.dtype, view4(dout), view4(out), delta.data_ptr<float>(), s.B, s.rows, s.H, s.D,
-                   stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  Tensor p_sum = at::empty({s.B, s.H, s.rows}, q.options().dtype(at::kFloat));
   launch_slot_attention_backward_slots(
       s.dtype, view4(dout), view4(q), view4(k), view4(v), view4(k_tok), view4(v_tok), mask.ptr,
-      mask.s0, mask.s1, lse.data_ptr<float>(), delta.data_ptr<float>(), view4(dq), view4(dk),
-      view4(dv), s.B, s.rows, s.keys, s.H, s.D, static_cast<float>(scale), stream);
+      mask.s0, mask.s1, lse.data_ptr<float>(), delta.data_ptr<float>(), p_sum.data_ptr<float>(),
+      view4(dq), view4(dk), view4(dv), s.B, s.rows, s.keys, s.H, s.D, static_cast<float>(scale),
+      stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   launch_slot_attention_backward_tokens(
       s.dtype, view4(dout), view4(q), view4(k_tok), view4(v_tok), mask.ptr, mask.s0, mask.s1,
-      lse.data_ptr<float>(), delta.data_ptr<float>(), view4(dk_tok), view4(dv_tok), s.B, s.rows,
-      s.keys, s.H, s.D, static_cast<float>(scale), stream);
+      lse.data_ptr<float>(), delta.data_ptr<float>(), p_sum.data_ptr<float>(), view4(dk_tok),
+      view4(dv_tok), s.B, s.rows, s.keys, s.H, s.D, static_cast<float>(scale), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dq, dk, dv, dk_tok, dv_tok};
 }

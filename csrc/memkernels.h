@@ -31,27 +31,25 @@ struct View3 {
 constexpr int64_t kMaxHeadDim = 256;
 
 // ---------------------------------------------------------------------------
-// delta[b, h, r] = sum_d dout[b, r, h, d] * out[b, r, h, d]   (float32, contiguous (B, H, R))
-void launch_row_delta(DType dtype, View4 dout, View4 out, float* delta, int64_t B, int64_t R,
-                      int64_t H, int64_t D, cudaStream_t stream);
-
-// ---------------------------------------------------------------------------
 // memory_read: q (B, L, H, D), k/v (B, K, H, D); out (B, L, H, D); lse (B, H, L) float32.
 void launch_memory_read_forward(DType dtype, View4 q, View4 k, View4 v, View4 out, float* lse,
                                 int64_t B, int64_t L, int64_t K, int64_t H, int64_t D, float scale,
                                 cudaStream_t stream);
 
-// dq (B, L, H, D): one warp per query row, loops over the K slots.
+// dq (B, L, H, D): one warp per query row, two passes over the K slots. Also writes the
+// per-row statistics the dk/dv kernel reads, float32 contiguous (B, H, L): delta = sum_j P dP
+// and p_sum, the row sum of exp(scale q.k - lse) that P is divided by.
 void launch_memory_read_backward_dq(DType dtype, View4 dout, View4 q, View4 k, View4 v,
-                                    const float* lse, const float* delta, View4 dq, int64_t B,
-                                    int64_t L, int64_t K, int64_t H, int64_t D, float scale,
-                                    cudaStream_t stream);
+                                    const float* lse, float* delta, float* p_sum, View4 dq,
+                                    int64_t B, int64_t L, int64_t K, int64_t H, int64_t D,
+                                    float scale, cudaStream_t stream);
 
-// dk, dv (B, K, H, D): one warp per memory slot row, loops over the L tokens in order.
+// dk, dv (B, K, H, D): one warp per memory slot row, loops over the L tokens in order; delta
+// and p_sum from launch_memory_read_backward_dq.
 void launch_memory_read_backward_dkdv(DType dtype, View4 dout, View4 q, View4 k, View4 v,
-                                      const float* lse, const float* delta, View4 dk, View4 dv,
-                                      int64_t B, int64_t L, int64_t K, int64_t H, int64_t D,
-                                      float scale, cudaStream_t stream);
+                                      const float* lse, const float* delta, const float* p_sum,
+                                      View4 dk, View4 dv, int64_t B, int64_t L, int64_t K,
+                                      int64_t H, int64_t D, float scale, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------
 // slot_attention: q/k/v (B, K, H, D), k_tok/v_tok (B, L, H, D), mask: bool (B, L) or
@@ -61,21 +59,23 @@ void launch_slot_attention_forward(DType dtype, View4 q, View4 k, View4 v, View4
                                    float* lse, int64_t B, int64_t K, int64_t L, int64_t H,
                                    int64_t D, float scale, cudaStream_t stream);
 
-// dq, dk, dv (B, K, H, D): one warp per slot row.
+// dq, dk, dv (B, K, H, D): one warp per slot row, two passes over the tokens. Also writes
+// delta and p_sum (B, H, K) float32 contiguous over [self; tokens], for the token kernel.
 void launch_slot_attention_backward_slots(DType dtype, View4 dout, View4 q, View4 k, View4 v,
                                           View4 k_tok, View4 v_tok, const bool* mask,
                                           int64_t mask_s0, int64_t mask_s1, const float* lse,
-                                          const float* delta, View4 dq, View4 dk, View4 dv,
+                                          float* delta, float* p_sum, View4 dq, View4 dk, View4 dv,
                                           int64_t B, int64_t K, int64_t L, int64_t H, int64_t D,
                                           float scale, cudaStream_t stream);
 
-// dk_tok, dv_tok (B, L, H, D): one warp per token row, loops over the K slots in order.
+// dk_tok, dv_tok (B, L, H, D): one warp per token row, loops over the K slots in order;
+// delta and p_sum from launch_slot_attention_backward_slots.
 void launch_slot_attention_backward_tokens(DType dtype, View4 dout, View4 q, View4 k_tok,
                                            View4 v_tok, const bool* mask, int64_t mask_s0,
                                            int64_t mask_s1, const float* lse, const float* delta,
-                                           View4 dk_tok, View4 dv_tok, int64_t B, int64_t K,
-                                           int64_t L, int64_t H, int64_t D, float scale,
-                                           cudaStream_t stream);
+                                           const float* p_sum, View4 dk_tok, View4 dv_tok,
+                                           int64_t B, int64_t K, int64_t L, int64_t H, int64_t D,
+                                           float scale, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------
 // memory_norm: m (B, K, W), bias (K, W) with strides (bias_s0, bias_s1);
