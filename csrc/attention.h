@@ -47,26 +47,34 @@ struct AttentionParams {
   TensorRef dk_self, dv_self;  // slot_attention only
 };
 
+// What the tensor-core decision needs to know of a device.
+struct DeviceTraits {
+  int cc_major = 0, cc_minor = 0;  // compute capability
+  int smem_optin = 0;              // cudaDevAttrMaxSharedMemoryPerBlockOptin, bytes
+};
+
+// The traits of CUDA device `device`, queried once per device (all zero if the query fails,
+// which refuses the tensor-core kernels).
+DeviceTraits device_traits(int device);
+
+// Why a device of this compute capability cannot run the tensor-core kernels (they use
+// cp.async and the m16n8k16 MMA of sm_80); nullptr from sm_80 on.
+const char* tensor_core_arch_refusal(int cc_major, int cc_minor);
+
 // Why a call takes the scalar kernels instead of the tensor-core ones; nullptr
 // when the tensor-core kernels run. `tensors` are every strided operand of the
-// op (inputs, dout), `device` the CUDA device whose shared-memory opt-in limit
-// decides whether the tiles fit.
+// op (inputs, dout), `device` the GPU they are on. A pure function of its
+// arguments (and of the buckets compiled in), so that it is testable for any GPU.
 const char* tensor_core_refusal(DType dtype, int64_t B, int64_t H, int64_t rows, int64_t keys,
-                                int64_t D, const TensorRef* tensors, int n_tensors, int device);
+                                int64_t D, const TensorRef* tensors, int n_tensors,
+                                const DeviceTraits& device);
 
 // The head-dim buckets compiled into this build (MEMKERNELS_HEAD_DIMS), e.g. "64,128,256".
 const char* tensor_core_head_dims();
 
-// The launchers (params fully set, tensor_core_refusal() == nullptr).
+// The launchers (params fully set, tensor_core_refusal() == nullptr); per (head-dim bucket,
+// dtype) they call the run_tc_* of csrc/tc_launchers.h.
 void launch_tc_forward(DType dtype, const AttentionParams& params, cudaStream_t stream);
 void launch_tc_backward(DType dtype, const AttentionParams& params, cudaStream_t stream);
-
-// Instantiated per (head-dim bucket, dtype) in csrc/tc_*_hdim*_*.cu.
-template <int kHeadDim, DType kDType>
-void run_tc_forward(const AttentionParams& params, cudaStream_t stream);
-template <int kHeadDim, DType kDType>
-void run_tc_backward_dq(const AttentionParams& params, cudaStream_t stream);
-template <int kHeadDim, DType kDType>
-void run_tc_backward_dkdv(const AttentionParams& params, cudaStream_t stream);
 
 }  // namespace memkernels

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -53,14 +54,40 @@ constexpr const char* kFastPathsOff =
     "the fast paths are off: they have not yet run on a GPU (MEMKERNELS_CUDA_FAST_PATHS=1 or "
     "memkernels.cuda_kernels.set_fast_paths(True) opts in)";
 
+// A compute capability given to kernel_path, (major, minor); nullopt: the tensors' own.
+using Capability = std::optional<std::vector<int64_t>>;
+
+// The device the tensor-core decision is made for: the GPU that `t` is on, or for CPU tensors
+// (kernel_path) an sm_90 whose shared memory the tiles fit; `capability` replaces its compute
+// capability, so that the rules are testable for any GPU without one.
+DeviceTraits traits_for(const Tensor& t, const Capability& capability) {
+  DeviceTraits traits = t.is_cuda() ? device_traits(t.get_device())
+                                    : DeviceTraits{9, 0, std::numeric_limits<int>::max()};
+  if (capability.has_value()) {
+    traits.cc_major = static_cast<int>((*capability)[0]);
+    traits.cc_minor = static_cast<int>((*capability)[1]);
+  }
+  return traits;
+}
+
 // Why these attention operands take the scalar kernels; nullptr: tensor cores.
-const char* refusal(const AttentionSizes& s, std::initializer_list<const Tensor*> operands) {
+const char* refusal(const AttentionSizes& s, std::initializer_list<const Tensor*> operands,
+                    const Capability& capability = std::nullopt) {
   if (!fast_paths_flag().load(std::memory_order_relaxed)) return kFastPathsOff;
   std::vector<TensorRef> refs;
   for (const Tensor* t : operands) refs.push_back(ref(*t));
-  const int device = (*operands.begin())->get_device();
   return tensor_core_refusal(s.dtype, s.B, s.H, s.rows, s.keys, s.D, refs.data(),
-                             static_cast<int>(refs.size()), device);
+                             static_cast<int>(refs.size()),
+                             traits_for(**operands.begin(), capability));
+}
+
+// The tensor-core kernels built for a GPU older than sm_80 are CuTe's invalid-path trap, a
+// device assert that kills the CUDA context: never launch them there, whatever chose the path.
+void require_tensor_core_device(const char* op, const Tensor& q) {
+  const DeviceTraits d = device_traits(q.get_device());
+  const char* why = tensor_core_arch_refusal(d.cc_major, d.cc_minor);
+  TORCH_CHECK(why == nullptr, op, ": the tensor-core kernels cannot run on ", q.device(), " (sm_",
+              d.cc_major, d.cc_minor, "): ", why);
 }
 
 NormOperand norm_operand(const Tensor& t) {
@@ -141,6 +168,7 @@ std::tuple<Tensor, Tensor> memory_read_forward(const Tensor& q, const Tensor& k,
     p.v = ref(v);
     p.out = ref(out);
     p.lse = lse.data_ptr<float>();
+    require_tensor_core_device(op, q);
     launch_tc_forward(s.dtype, p, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {out, lse};
@@ -183,6 +211,7 @@ std::tuple<Tensor, Tensor, Tensor> memory_read_backward(const Tensor& dout, cons
     p.dq = ref(dq);
     p.dk = ref(dk);
     p.dv = ref(dv);
+    require_tensor_core_device(op, q);
     launch_tc_backward(s.dtype, p, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv};
@@ -223,6 +252,7 @@ std::tuple<Tensor, Tensor> slot_attention_forward(const Tensor& q, const Tensor&
     AttentionParams p = slot_params(s, scale, q, k, v, k_tok, v_tok, mask);
     p.out = ref(out);
     p.lse = lse.data_ptr<float>();
+    require_tensor_core_device(op, q);
     launch_tc_forward(s.dtype, p, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {out, lse};
@@ -274,6 +304,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> slot_attention_backward(
     p.dv = ref(dv_tok);
     p.dk_self = ref(dk);
     p.dv_self = ref(dv);
+    require_tensor_core_device(op, q);
     launch_tc_backward(s.dtype, p, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv, dk_tok, dv_tok};
@@ -404,10 +435,15 @@ namespace {
 // The kernels a call of `op` ("memory_read", "slot_attention", "memory_norm")
 // on these inputs runs: "tensor-core", "vectorized", or "scalar: <why>". The
 // inputs are the op's forward tensors (memory_norm: m, bias), checked like the
-// op's own arguments; CPU tensors are answered as if on a device with enough
-// shared memory, so that the rules are testable without a GPU.
-std::string kernel_path(const std::string& op, const std::vector<Tensor>& t) {
+// op's own arguments; CPU tensors are answered as if on an sm_90 with enough
+// shared memory, and `capability` stands in for the GPU's compute capability,
+// so that the rules are testable without a GPU.
+std::string kernel_path(const std::string& op, const std::vector<Tensor>& t,
+                        const Capability& capability) {
   const char* name = "kernel_path";
+  TORCH_CHECK(!capability.has_value() || capability->size() == 2, name,
+              ": compute_capability must be (major, minor), got ",
+              capability.has_value() ? capability->size() : 0, " numbers");
   const char* why = nullptr;
   const char* fast = "tensor-core";
   if (op == "memory_norm") {
@@ -416,16 +452,23 @@ std::string kernel_path(const std::string& op, const std::vector<Tensor>& t) {
     fast = "vectorized";
   } else if (op == "memory_read") {
     TORCH_CHECK(t.size() == 3, name, ": memory_read takes (q, k, v), got ", t.size(), " tensors");
-    why = refusal(check_memory_read(name, t[0], t[1], t[2]), {&t[0], &t[1], &t[2]});
+    why = refusal(check_memory_read(name, t[0], t[1], t[2]), {&t[0], &t[1], &t[2]}, capability);
   } else if (op == "slot_attention") {
     TORCH_CHECK(t.size() == 5, name, ": slot_attention takes (q, k, v, k_tok, v_tok), got ",
                 t.size(), " tensors");
     const AttentionSizes s = check_slot_attention(name, t[0], t[1], t[2], t[3], t[4], std::nullopt);
-    why = refusal(s, {&t[0], &t[1], &t[2], &t[3], &t[4]});
+    why = refusal(s, {&t[0], &t[1], &t[2], &t[3], &t[4]}, capability);
   } else {
     TORCH_CHECK(false, name, ": op must be memory_read, slot_attention or memory_norm, got ", op);
   }
   return why == nullptr ? std::string(fast) : std::string("scalar: ") + why;
+}
+
+// "" when a GPU of this compute capability can run the tensor-core kernels, else why not.
+std::string tensor_core_arch_reason(int64_t cc_major, int64_t cc_minor) {
+  const char* why =
+      tensor_core_arch_refusal(static_cast<int>(cc_major), static_cast<int>(cc_minor));
+  return why == nullptr ? std::string() : std::string(why);
 }
 
 void set_fast_paths(bool enabled) { fast_paths_flag().store(enabled); }
@@ -439,7 +482,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() =
       "memkernels CUDA kernels; importing this module registers the memkernels::*_cuda_* ops";
   module.def("kernel_path", &memkernels::kernel_path,
-             "'tensor-core', 'vectorized' or 'scalar: <reason>' for an op's forward inputs");
+             "'tensor-core', 'vectorized' or 'scalar: <reason>' for an op's forward inputs; "
+             "compute_capability (major, minor) stands in for the GPU's",
+             pybind11::arg("op"), pybind11::arg("tensors"),
+             pybind11::arg("compute_capability") = pybind11::none());
+  module.def(
+      "tensor_core_arch_reason", &memkernels::tensor_core_arch_reason,
+      "'' if a GPU of this compute capability can run the tensor-core kernels, else why not");
   module.def("set_fast_paths", &memkernels::set_fast_paths,
              "turn the tensor-core and vectorized kernels on or off for later calls");
   module.def("fast_paths_enabled", &memkernels::fast_paths_enabled,

@@ -158,9 +158,8 @@ void run_backward_dkdv(const AttentionParams& p, cudaStream_t stream) {
   using Tiles = BackwardDkdvTiles<kHeadDim>;
   using T = Traits<kHeadDim, element_t<kDType>>;
   auto kernel = attention_backward_dkdv_kernel<T, Tiles>;
-  if (Tiles::kSmem > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmem);
-  }
+  static std::once_flag smem_allowed[kMaxDevices];  // per instantiation: its own kernel
+  allow_dynamic_smem(smem_allowed, kernel, Tiles::kSmem);
   const int n_nblocks = (p.keys + Tiles::kBlockN - 1) / Tiles::kBlockN;
   kernel<<<p.B * p.H * n_nblocks * Tiles::kSplits, kTcThreads, Tiles::kSmem, stream>>>(p);
 }

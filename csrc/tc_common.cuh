@@ -16,15 +16,38 @@
 
 #include <cmath>
 #include <cute/tensor.hpp>
+#include <mutex>
 #include <type_traits>
 
 #include "attention.h"
 #include "tc_config.h"
+#include "tc_launchers.h"
 
 namespace memkernels {
 namespace tc {
 
 using namespace cute;
+
+constexpr int kMaxDevices = 64;
+
+// Lets `kernel` take `bytes` of dynamic shared memory (above the default 48 KiB) on the
+// current device. The attribute belongs to a (kernel, device) pair and costs a driver call,
+// so it is set once per pair: `once` holds the calling launcher's flags, one per device
+// (devices past kMaxDevices set it on every launch). A failure shows at the launch check.
+template <typename Kernel>
+void allow_dynamic_smem(std::once_flag (&once)[kMaxDevices], Kernel kernel, int bytes) {
+  if (bytes <= 48 * 1024) return;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return;
+  const auto set = [&] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  };
+  if (device >= 0 && device < kMaxDevices) {
+    std::call_once(once[device], set);
+  } else {
+    set();
+  }
+}
 
 template <DType kDType>
 using element_t =

@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 
 #include "attention.h"
 #include "tc_config.h"
+#include "tc_launchers.h"
 
 namespace memkernels {
 namespace {
@@ -44,20 +46,20 @@ int smem_need(int bucket) {
   return bucket == 64 ? smem_need<64>() : bucket == 128 ? smem_need<128>() : smem_need<256>();
 }
 
-// cudaDevAttrMaxSharedMemoryPerBlockOptin per device, queried once.
-int smem_optin(int device) {
-  static int cache[64] = {};
-  if (device < 0 || device >= 64) return 0;
-  if (cache[device] == 0) {
-    int value = 0;
-    if (cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-        cudaSuccess) {
-      cudaGetLastError();  // clear the error: the scalar path will run
-      return 0;
-    }
-    cache[device] = value;
+constexpr int kMaxDevices = 64;
+
+DeviceTraits query_device_traits(int device) {
+  DeviceTraits traits;
+  if (cudaDeviceGetAttribute(&traits.cc_major, cudaDevAttrComputeCapabilityMajor, device) !=
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&traits.cc_minor, cudaDevAttrComputeCapabilityMinor, device) !=
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&traits.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    cudaGetLastError();  // clear the error: the scalar path will run
+    return DeviceTraits{};
   }
-  return cache[device];
+  return traits;
 }
 
 bool rows_aligned(const TensorRef& t, int64_t D) {
@@ -126,12 +128,29 @@ const char* tensor_core_head_dims() {
       ;
 }
 
+DeviceTraits device_traits(int device) {
+  static std::once_flag queried[kMaxDevices];
+  static DeviceTraits traits[kMaxDevices];
+  if (device < 0 || device >= kMaxDevices) return query_device_traits(device);
+  std::call_once(queried[device], [device] { traits[device] = query_device_traits(device); });
+  return traits[device];
+}
+
+const char* tensor_core_arch_refusal(int cc_major, int cc_minor) {
+  if (cc_major == 0) return "the GPU's compute capability could not be queried";
+  if (cc_major * 10 + cc_minor >= 80) return nullptr;
+  return "the GPU is older than sm_80 (compute capability 8.0): the tensor-core kernels use "
+         "cp.async and the m16n8k16 MMA, which it does not have";
+}
+
 const char* tensor_core_refusal(DType dtype, int64_t B, int64_t H, int64_t rows, int64_t keys,
-                                int64_t D, const TensorRef* tensors, int n_tensors, int device) {
+                                int64_t D, const TensorRef* tensors, int n_tensors,
+                                const DeviceTraits& device) {
   if (dtype == DType::Float32) {
     return "float32 runs on the scalar kernels (the tensor-core kernels take float16 and "
            "bfloat16)";
   }
+  if (const char* why = tensor_core_arch_refusal(device.cc_major, device.cc_minor)) return why;
   if (D % 8 != 0)
     return "the head dim is not a multiple of 8 (the tensor-core kernels load 16-byte rows)";
   const int bucket = bucket_for(D);
@@ -145,8 +164,7 @@ const char* tensor_core_refusal(DType dtype, int64_t B, int64_t H, int64_t rows,
              "pointer or stride that is not a multiple of 8 elements)";
     }
   }
-  // device < 0: kernel_path asked about CPU tensors; answer for a device the tiles fit.
-  if (device >= 0 && smem_optin(device) < smem_need(bucket)) {
+  if (device.smem_optin < smem_need(bucket)) {
     return "the device's shared-memory opt-in limit is below what the tensor-core tiles need";
   }
   // Flattened grids: (b, h, row block) and (b, h, key block, column half).

@@ -208,9 +208,8 @@ void run_forward(const AttentionParams& p, cudaStream_t stream) {
   using Tiles = ForwardTiles<kHeadDim>;
   using T = Traits<kHeadDim, element_t<kDType>>;
   auto kernel = attention_forward_kernel<T, Tiles>;
-  if (Tiles::kSmem > 48 * 1024) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmem);
-  }
+  static std::once_flag smem_allowed[kMaxDevices];  // per instantiation: its own kernel
+  allow_dynamic_smem(smem_allowed, kernel, Tiles::kSmem);
   const int n_mblocks = (p.rows + Tiles::kBlockM - 1) / Tiles::kBlockM;
   kernel<<<p.B * p.H * n_mblocks, kTcThreads, Tiles::kSmem, stream>>>(p);
 }

@@ -109,8 +109,8 @@ class FastPath:
     run_on_gpu: bool  # False: built and compiled only, so it is off unless opted in
 
 
-_TENSOR_CORE_REQUIRES = ("head dim a multiple of 8, up to 128 (256 with MEMKERNELS_HEAD_DIMS=64,128,256 "
-                         "at build time), unit last-dim stride, 16-byte aligned rows")
+_TENSOR_CORE_REQUIRES = ("an sm_80 or newer GPU, head dim a multiple of 8, up to 128 (256 with "
+                         "MEMKERNELS_HEAD_DIMS=64,128,256 at build time), unit last-dim stride, 16-byte aligned rows")
 CUDA_FAST_PATHS = {
     "memory_read": FastPath("tensor-core (mma.sync via CuTe)", (FLOAT16, BFLOAT16), _TENSOR_CORE_REQUIRES, False),
     "slot_attention": FastPath("tensor-core (mma.sync via CuTe)", (FLOAT16, BFLOAT16), _TENSOR_CORE_REQUIRES,

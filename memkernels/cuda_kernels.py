@@ -26,13 +26,21 @@ _extension = load()  # registers torch.ops.memkernels.*_cuda_*
 _ops = torch.ops.memkernels
 
 
-def kernel_path(op: str, *tensors: Tensor) -> str:
+def kernel_path(op: str, *tensors: Tensor, compute_capability: tuple[int, int] | None = None) -> str:
     """"tensor-core", "vectorized" or "scalar: <why>" for `op`'s forward inputs.
 
     memory_read takes (q, k, v), slot_attention (q, k, v, k_tok, v_tok), memory_norm
-    (m, bias). CPU tensors are answered as if they were on a GPU with enough shared memory.
+    (m, bias). CPU tensors are answered as if they were on an sm_90 with enough shared memory;
+    `compute_capability` (major, minor) stands in for the GPU's, e.g. (7, 5) for a T4.
     """
-    return _extension.kernel_path(op, list(tensors))
+    return _extension.kernel_path(op, list(tensors), compute_capability)
+
+
+def tensor_core_arch_refusal(compute_capability: tuple[int, int]) -> str | None:
+    """Why a GPU of this compute capability (major, minor) cannot run the tensor-core kernels
+    (they need sm_80: cp.async and the m16n8k16 MMA); None from sm_80 on."""
+    major, minor = compute_capability
+    return _extension.tensor_core_arch_reason(int(major), int(minor)) or None
 
 
 def set_fast_paths(enabled: bool) -> None:

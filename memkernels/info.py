@@ -29,14 +29,21 @@ def _extension_status() -> str:
     return "built (memkernels._C)" if error is None else f"not available: {error}"
 
 
-def _fast_paths_status() -> str:
+def _fast_paths_status(compute_capability: tuple[int, int] | None) -> str:
+    """The switch, the tensor-core buckets built, and on a GPU (of `compute_capability`; None
+    without one) that cannot run the tensor-core kernels, why not."""
     if dispatch.cuda_extension_error() is not None:
         return "-"
     from memkernels import cuda_kernels
 
     heads = ", ".join(map(str, cuda_kernels.tensor_core_head_dims())) or "none"
     state = "on" if cuda_kernels.fast_paths_enabled() else f"off ({capabilities.FAST_PATHS_OFF_REASON})"
-    return f"{state}; tensor-core head dims built: {heads}"
+    status = f"{state}; tensor-core head dims built: {heads}"
+    refusal = compute_capability and cuda_kernels.tensor_core_arch_refusal(compute_capability)
+    if refusal:
+        major, minor = compute_capability
+        status += f"; tensor cores refused on this GPU (sm_{major}{minor}): {refusal}"
+    return status
 
 
 def _device() -> torch.device:
@@ -75,6 +82,7 @@ def _backend_line(op: str, backend: str, device: torch.device) -> str:
 def report() -> str:
     device = _device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     lines = [
         f"memkernels {memkernels.__version__}",
         f"python     {platform.python_version()}",
@@ -84,7 +92,7 @@ def report() -> str:
         f"device     {device.type}: {name}",
         f"TRITON_INTERPRET {'on' if dispatch.triton_interpreter_enabled() else 'off'}",
         f"CUDA extension {_extension_status()}",
-        f"CUDA fast paths {_fast_paths_status()}",
+        f"CUDA fast paths {_fast_paths_status(capability)}",
         "",
         f"auto on {device.type}: {rules.describe(rules.device_kind(device.type))}",
         "",

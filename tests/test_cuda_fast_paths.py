@@ -146,6 +146,36 @@ def test_memory_norm_other_rows_take_the_scalar_kernels(fast_paths, case):
     _refused(fast_paths, "memory_norm", [m, bias], "16-byte")
 
 
+@pytest.mark.parametrize("capability", [(7, 0), (7, 5)], ids=lambda c: f"sm_{c[0]}{c[1]}")
+def test_gpus_before_sm_80_take_the_scalar_kernels(fast_paths, capability):
+    # cp.async and the m16n8k16 MMA compile there to CuTe's invalid-path trap, a device assert.
+    _require_bucket(fast_paths, 64)
+    for op, tensors in [("memory_read", _attention(2, 5, 3, 2, 64, torch.bfloat16)),
+                        ("slot_attention", _slot(2, 3, 5, 2, 64, torch.float16))]:
+        assert fast_paths.kernel_path(op, *tensors) == "tensor-core"  # CPU tensors: as on an sm_90
+        path = fast_paths.kernel_path(op, *tensors, compute_capability=capability)
+        assert path.startswith("scalar: ") and "older than sm_80" in path, path
+    assert "older than sm_80" in fast_paths.tensor_core_arch_refusal(capability)
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (8, 6), (9, 0)], ids=lambda c: f"sm_{c[0]}{c[1]}")
+def test_gpus_from_sm_80_take_the_tensor_cores(fast_paths, capability):
+    _require_bucket(fast_paths, 64)
+    assert fast_paths.tensor_core_arch_refusal(capability) is None
+    assert fast_paths.kernel_path("memory_read", *_attention(2, 5, 3, 2, 64, torch.bfloat16),
+                                  compute_capability=capability) == "tensor-core"
+    assert fast_paths.kernel_path("slot_attention", *_slot(2, 3, 5, 2, 64, torch.float16),
+                                  compute_capability=capability) == "tensor-core"
+
+
+def test_info_says_why_an_old_gpu_gets_no_tensor_cores(cuda_kernels):
+    from memkernels import info
+
+    assert "tensor cores refused on this GPU (sm_75): the GPU is older than sm_80" in info._fast_paths_status((7, 5))
+    assert "refused" not in info._fast_paths_status((9, 0))
+    assert "refused" not in info._fast_paths_status(None)
+
+
 def test_kernel_path_checks_its_arguments(cuda_kernels):
     q, k, v = _attention(1, 4, 4, 1, 64, torch.float16)
     with pytest.raises(RuntimeError, match="op must be memory_read, slot_attention or memory_norm"):
@@ -154,6 +184,8 @@ def test_kernel_path_checks_its_arguments(cuda_kernels):
         cuda_kernels.kernel_path("memory_read", q, k)
     with pytest.raises(RuntimeError, match="kernel_path: .*k"):
         cuda_kernels.kernel_path("memory_read", q, k[..., :32], v)
+    with pytest.raises(RuntimeError, match=r"compute_capability must be \(major, minor\), got 1 numbers"):
+        cuda_kernels.kernel_path("memory_read", q, k, v, compute_capability=(8,))
 
 
 # On a GPU: the fast paths against the float64 formulas --------------------------------------
