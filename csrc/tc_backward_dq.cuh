@@ -95,6 +95,7 @@ __global__ void __launch_bounds__(kTcThreads)
   Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
   Tensor s = rowcol_view(acc_s);
   Tensor dp = rowcol_view(acc_dp);
+  bool saw_live_key = false;  // among this thread's columns, over every key block
   // P (in place of S) and dP for key block nb; K[nb], V[nb] must be in flight or landed.
   auto probs_and_dp = [&](int nb) {
     clear(acc_s);
@@ -111,6 +112,7 @@ __global__ void __launch_bounds__(kTcThreads)
           key < p.keys &&
           (p.mask == nullptr ||
            p.mask[b * p.mask_batch_stride + static_cast<int64_t>(key) * p.mask_key_stride]);
+      saw_live_key |= live;
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
         s(r, c) = live ? exp2f(s(r, c) * p.scale_log2 - lse2[r]) : 0.0f;
@@ -138,6 +140,10 @@ __global__ void __launch_bounds__(kTcThreads)
   Tensor sQ_rc = rowcol_view(thr_mma.partition_C(sQ));
   Tensor sdO_rc = rowcol_view(thr_mma.partition_C(sdO));
   const bool slot = p.k_self.ptr != nullptr;
+  // A slot whose tokens are all padding has P = 1 on its own term, exactly: exp2(s_self - lse)
+  // would carry lse's rounding into dq and dk_self (instead of 0) and dv_self (instead of dO).
+  // The mask is per batch, so the quad's columns (every key) decide for all of its rows.
+  const bool self_only = slot && quad_sum(saw_live_key ? 1.0f : 0.0f) == 0.0f;
   float delta[kRows], p_self[kRows], ds_self[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
@@ -162,7 +168,7 @@ __global__ void __launch_bounds__(kTcThreads)
       }
       qk = quad_sum(qk);
       dov = quad_sum(dov);
-      p_self[r] = exp2f(qk * p.scale_log2 - lse2[r]);
+      p_self[r] = self_only ? 1.0f : exp2f(qk * p.scale_log2 - lse2[r]);
       delta[r] = tokens + p_self[r] * dov;
       ds_self[r] = p_self[r] * (dov - delta[r]);
     }

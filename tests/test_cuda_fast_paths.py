@@ -242,6 +242,9 @@ def test_tensor_core_slot_attention_matches_formula(fast_paths, dtype, B, rows, 
     for name, grad, *references in zip(("dq", "dk", "dv", "dk_tok", "dv_tok"), grads, exact_grads, naive_grads):
         assert_matches(name, grad, *references, dtype)
     assert torch.all(grads[3][~mask] == 0) and torch.all(grads[4][~mask] == 0), "padding tokens need zero grads"
+    # P = 1 on the own term exactly, not rebuilt through the rounded lse.
+    assert torch.all(grads[0][0] == 0) and torch.all(grads[1][0] == 0), "padding-only rows: dq = dk = 0 exactly"
+    assert torch.equal(grads[2][0].view(torch.int16), dout[0].view(torch.int16)), "padding-only rows: dv = dout"
 
 
 @needs_gpu
