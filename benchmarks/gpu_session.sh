@@ -78,7 +78,8 @@ FAST_PATH_TESTS="(cuda and (kernels or fast_paths or test_memory_read or test_sl
 # which slow each launch a hundredfold; racecheck where shared memory is used (bfloat16).
 MEMCHECK_KERNELS="matches_formula and cuda and float32 and (K7 or K1 or W40)"
 RACECHECK_KERNELS="matches_formula and cuda and bfloat16 and (K7 or W40)"
-SANITIZE_FAST_PATHS="matches_formula and (D64 or D128 or one-row or 3-5-8 or 2-7-520) and bfloat16"
+# The fast paths' sanitizer cases: small formula shapes and the strided memory_read case.
+SANITIZE_FAST_PATHS="((matches_formula and (D64 or D128 or one-row or 3-5-8 or 2-7-520)) or strided_inputs) and bfloat16"
 KERNEL_SUITES=(tests/test_kernels_memory_read.py tests/test_kernels_slot_attention.py tests/test_kernels_memory_norm.py)
 # quick's op benchmarks: every backend and peer but the reference composite run eagerly outside
 # the op (memkernels-torch runs it through the op, and the dispatch rule ranks it).

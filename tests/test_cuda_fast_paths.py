@@ -268,3 +268,133 @@ def test_vectorized_memory_norm_matches_formula(fast_paths, dtype, B, K, W):
         assert_matches(name, grad, *references, dtype)
     again = fast_paths.memory_norm_backward(dout, out, norm, eps)
     assert all(torch.equal(a, b) for a, b in zip(grads, again)), "dbias must be bitwise deterministic"
+
+
+# On a GPU: the cases of issue 18, with the fast paths off (scalar kernels) and on ----------
+
+@pytest.fixture(params=[False, True], ids=["fast-paths-off", "fast-paths-on"])
+def switched(request, cuda_kernels):
+    """The fast paths off, then on, for one test; then back as they were."""
+    before = cuda_kernels.fast_paths_enabled()
+    cuda_kernels.set_fast_paths(request.param)
+    yield cuda_kernels
+    cuda_kernels.set_fast_paths(before)
+
+
+def _assert_path(cuda_kernels, op, tensors):
+    """The call takes the kernels the switch promises: tensor cores for 16-bit inputs of a built
+    bucket on an sm_80+ GPU when the fast paths are on, the scalar kernels otherwise."""
+    dtype, D = tensors[0].dtype, tensors[0].shape[-1]
+    tensor_cores = (cuda_kernels.fast_paths_enabled() and dtype in (torch.float16, torch.bfloat16)
+                    and any(D <= bucket for bucket in cuda_kernels.tensor_core_head_dims())
+                    and torch.cuda.get_device_capability(tensors[0].device) >= (8, 0))
+    path = cuda_kernels.kernel_path(op, *tensors)
+    assert path == "tensor-core" if tensor_cores else path.startswith("scalar: "), path
+
+
+def _bits(t):
+    ints = {2: torch.int16, 4: torch.int32}
+    return t.contiguous().view(ints[t.element_size()])
+
+
+def _gpu_randn(gen, dtype):
+    return lambda *shape: torch.randn(shape, generator=gen, dtype=torch.float64).to("cuda", dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=_dtype_id)
+def test_memory_read_peaked_softmax_gradient(switched, dtype):
+    # The kernel suite's case (test_kernels_memory_read.py): P nearly one-hot, so dS = P (dP -
+    # delta) is a small difference; delta from the output rounded to 16 bits was off by 92% of
+    # dq in bfloat16. dq is held relative to its own size.
+    rand = _gpu_randn(torch.Generator().manual_seed(5), dtype)
+    q, k, v, dout = rand(1, 4, 1, 16), rand(1, 3, 1, 16), rand(1, 3, 1, 16), rand(1, 4, 1, 16)
+    k = (k.double().abs() + 1).to(dtype)
+    q = torch.full_like(q, -2.0)
+    _assert_path(switched, "memory_read", (q, k, v))
+    out, lse = switched.memory_read_forward(q, k, v, 10.0)
+    dq = switched.memory_read_backward(dout, q, k, v, out, lse, 10.0)[0]
+    (_, (ref_dq, _, _)), _ = reference_pair(formulas.memory_read, (q, k, v), dout, scale=10.0)
+    rel = {torch.float32: 1e-2, torch.float16: 2e-2, torch.bfloat16: 3e-2}[dtype]
+    err = (dq.double() - ref_dq).abs().max().item()
+    assert err <= rel * ref_dq.abs().max().item(), f"dq error {err:.3e} vs max |dq| {ref_dq.abs().max().item():.3e}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=_dtype_id)
+def test_slot_attention_peaked_softmax_gradient(switched, dtype):
+    # The kernel suite's case (test_kernels_slot_attention.py): the largest P of each slot is
+    # above 0.99.
+    rand = _gpu_randn(torch.Generator().manual_seed(5), dtype)
+    q, k, v, k_tok, v_tok = rand(1, 3, 1, 16), rand(1, 3, 1, 16), rand(1, 3, 1, 16), rand(1, 5, 1, 16), \
+        rand(1, 5, 1, 16)
+    q, k, k_tok = ((t.double() * 1.5).to(dtype) for t in (q, k, k_tok))
+    inputs = (q, k, v, k_tok, v_tok)
+    dout = rand(1, 3, 1, 16)
+    _assert_path(switched, "slot_attention", inputs)
+    out, lse = switched.slot_attention_forward(*inputs, None, 1.0)
+    dq = switched.slot_attention_backward(dout, *inputs, None, out, lse, 1.0)[0]
+    (_, (ref_dq, *_)), _ = reference_pair(formulas.slot_attention, inputs, dout, tau=1.0, scale=1.0)
+    rel = {torch.float32: 1e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
+    err = (dq.double() - ref_dq).abs().max().item()
+    assert err <= rel * ref_dq.abs().max().item(), f"dq error {err:.3e} vs max |dq| {ref_dq.abs().max().item():.3e}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=_dtype_id)
+def test_memory_read_strided_inputs_match_float64_bitwise_repeatably(switched, dtype):
+    # Several row and key tiles with ragged ends, a head dim that fills no bucket, and every
+    # operand read in place through its strides.
+    B, L, K, H, D = 2, 130, 129, 3, 72
+    rand = _gpu_randn(torch.Generator().manual_seed(11), dtype)
+    q = rand(B, H, L, D).transpose(1, 2)
+    k = rand(B, 2 * K, H, D)[:, ::2]
+    v = rand(B, K, H, D + 8)[..., :D]
+    dout = rand(B, H, L, D).transpose(1, 2)
+    assert not any(t.is_contiguous() for t in (q, k, v, dout))
+    _assert_path(switched, "memory_read", (q, k, v))
+    scale = D ** -0.5
+    runs = []
+    for _ in range(2):
+        out, lse = switched.memory_read_forward(q, k, v, scale)
+        runs.append((out, lse, *switched.memory_read_backward(dout, q, k, v, out, lse, scale)))
+    (exact, exact_grads), (naive, naive_grads) = reference_pair(formulas.memory_read, (q, k, v), dout, scale=scale)
+    out, lse, *grads = runs[0]
+    assert_matches("out", out, exact, naive, dtype)
+    s = torch.einsum("blhd,bkhd->bhlk", q.double(), k.double()) * scale
+    assert_statistic("lse", lse, torch.logsumexp(s, dim=-1), dtype)
+    for name, grad, *references in zip(("dq", "dk", "dv"), grads, exact_grads, naive_grads):
+        assert_matches(name, grad, *references, dtype)
+    for name, first, second in zip(("out", "lse", "dq", "dk", "dv"), *runs):
+        assert torch.equal(_bits(first), _bits(second)), f"{name} differs between two identical runs"
+
+
+@needs_gpu
+def test_slot_attention_padding_only_batch_is_exact(switched):
+    # Many slots, a token count that fills no tile, tau 0.25, a (B, L) mask with strides (1, B),
+    # and batch 0 all padding: its slots return v bit for bit (-0.0 included), and their
+    # gradients are exact: dq = dk = 0 and dv = dout, as P = 1 on the own term exactly.
+    dtype, tau = torch.bfloat16, 0.25
+    B, K, L, H, D = 3, 1030, 131, 2, 128
+    gen = torch.Generator().manual_seed(12)
+    rand = _gpu_randn(gen, dtype)
+    inputs = [rand(B, n, H, D) for n in (K, K, K, L, L)]
+    inputs[2][0, ..., 0] = -0.0
+    mask = (torch.rand(L, B, generator=gen) > 0.3).to("cuda").t()
+    mask[0] = False
+    assert not mask.is_contiguous() and mask[1:].any(dim=1).all()
+    _assert_path(switched, "slot_attention", inputs)
+    dout = rand(B, K, H, D)
+    scale = D ** -0.5
+    out, lse = switched.slot_attention_forward(*inputs, mask, scale / tau)
+    grads = switched.slot_attention_backward(dout, *inputs, mask, out, lse, scale / tau)
+    (exact, exact_grads), (naive, naive_grads) = reference_pair(
+        formulas.slot_attention, inputs, dout, tau=tau, scale=scale, key_padding_mask=mask)
+    assert_matches("out", out, exact, naive, dtype)
+    for name, grad, *references in zip(("dq", "dk", "dv", "dk_tok", "dv_tok"), grads, exact_grads, naive_grads):
+        assert_matches(name, grad, *references, dtype)
+    assert torch.equal(_bits(out[0]), _bits(inputs[2][0])), "a padding-only slot must return v bit for bit"
+    dq, dk, dv, dk_tok, dv_tok = grads
+    assert torch.all(dk_tok[~mask] == 0) and torch.all(dv_tok[~mask] == 0), "padding tokens need zero grads"
+    assert torch.all(dq[0] == 0) and torch.all(dk[0] == 0), "a padding-only slot's dq and dk must be exactly 0"
+    assert torch.equal(_bits(dv[0]), _bits(dout[0])), "a padding-only slot's dv must be dout bit for bit"

@@ -220,6 +220,8 @@ def test_sanitizer_selections_select_small_gpu_kernel_tests(collected):
             assert any(op in line for line in selected), (name, op)
     for op in ("memory_read", "slot_attention", "memory_norm"):
         assert any(op in line for line in collected["SANITIZE_FAST_PATHS"]), op
+    strided = [line for line in collected["SANITIZE_FAST_PATHS"] if "memory_read_strided_inputs" in line]
+    assert len(strided) == 2 and all("bfloat16" in line for line in strided), strided  # fast paths off and on
 
 
 def test_quick_test_selections(collected):
