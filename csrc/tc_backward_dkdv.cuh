@@ -135,22 +135,28 @@ __global__ void __launch_bounds__(kTcThreads)
     gemm_rs(acc_dk, rdSt, rT, lsQt, tiled_mma, copy_bt);
   }
 
+  // dk and dv leave through shared memory (K's and V's, this CTA's columns of them) in
+  // 16-byte stores. Rows and columns past the end are never stored.
+  Tensor sdK = local_tile(sK, Shape<Int<kBlockN>, Int<kOutDim>>{}, make_coord(0, at.split));
+  Tensor sdV = local_tile(sV, Shape<Int<kBlockN>, Int<kOutDim>>{}, make_coord(0, at.split));
+  Tensor sdK_rc = rowcol_view(thr_mma.partition_C(sdK));
+  Tensor sdV_rc = rowcol_view(thr_mma.partition_C(sdV));
   Tensor dk_rc = rowcol_view(acc_dk);
   Tensor dv_rc = rowcol_view(acc_dv);
-  Tensor c_o =
-      rowcol_view(thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kOutDim>>{})));
+  __syncthreads();  // every warp is past its last read of K and V
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const int row = get<0>(c_o(r, 0));
-    if (row >= keys_valid) continue;
 #pragma unroll
     for (int c = 0; c < size<1>(dk_rc); ++c) {
-      const int col = col0 + get<1>(c_o(r, c));
-      if (col >= p.D) continue;
-      *element_ptr<Element>(p.dk, b, key0 + row, h, col) = Element(p.scale * dk_rc(r, c));
-      *element_ptr<Element>(p.dv, b, key0 + row, h, col) = Element(dv_rc(r, c));
+      sdK_rc(r, c) = Element(p.scale * dk_rc(r, c));
+      sdV_rc(r, c) = Element(dv_rc(r, c));
     }
   }
+  __syncthreads();
+  store_tile<Traits>(sdK, gmem_tile<Element, kBlockN, kOutDim>(p.dk, b, h, key0, col0), keys_valid,
+                     p.D - col0, tid);
+  store_tile<Traits>(sdV, gmem_tile<Element, kBlockN, kOutDim>(p.dv, b, h, key0, col0), keys_valid,
+                     p.D - col0, tid);
 }
 
 template <int kHeadDim, DType kDType>

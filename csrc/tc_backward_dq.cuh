@@ -193,28 +193,44 @@ __global__ void __launch_bounds__(kTcThreads)
     }
   }
 
-  // dq = scale (dS K + ds_self k_self); dk_self = scale ds_self q; dv_self = p_self dO.
+  // The outputs leave through shared memory in 16-byte stores: slot_attention's
+  // dk_self = scale ds_self q and dv_self = p_self dO in place of the Q and dO they are made
+  // of (each element by the thread that reads it), then dq = scale (dS K + ds_self k_self)
+  // in place of Q. Rows and columns past the end are never stored.
+  __syncthreads();  // every warp is past its last read of Q and dO
+  if (slot) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+      for (int c = 0; c < size<1>(acc_dq_rc); ++c) {
+        sQ_rc(r, c) = Element(p.scale * ds_self[r] * static_cast<float>(sQ_rc(r, c)));
+        sdO_rc(r, c) = Element(p_self[r] * static_cast<float>(sdO_rc(r, c)));
+      }
+    }
+    __syncthreads();
+    store_tile<Traits>(sQ, gmem_tile<Element, kBlockM, kHeadDim>(p.dk_self, b, h, row0), rows_valid,
+                       p.D, tid);
+    store_tile<Traits>(sdO, gmem_tile<Element, kBlockM, kHeadDim>(p.dv_self, b, h, row0),
+                       rows_valid, p.D, tid);
+    __syncthreads();  // dk_self has left sQ
+  }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const int row = get<0>(c_o(r, 0));
-    if (row >= rows_valid) continue;
 #pragma unroll
     for (int c = 0; c < size<1>(acc_dq_rc); ++c) {
       const int col = get<1>(c_o(r, c));
-      if (col >= p.D) continue;
       float dq = acc_dq_rc(r, c);
-      if (slot) {
-        const float k_self =
-            static_cast<float>(*element_ptr<Element>(p.k_self, b, row0 + row, h, col));
-        dq += ds_self[r] * k_self;
-        *element_ptr<Element>(p.dk_self, b, row0 + row, h, col) =
-            Element(p.scale * ds_self[r] * static_cast<float>(sQ_rc(r, c)));
-        *element_ptr<Element>(p.dv_self, b, row0 + row, h, col) =
-            Element(p_self[r] * static_cast<float>(sdO_rc(r, c)));
+      if (slot && row < rows_valid && col < p.D) {
+        dq +=
+            ds_self[r] * static_cast<float>(*element_ptr<Element>(p.k_self, b, row0 + row, h, col));
       }
-      *element_ptr<Element>(p.dq, b, row0 + row, h, col) = Element(p.scale * dq);
+      sQ_rc(r, c) = Element(p.scale * dq);
     }
   }
+  __syncthreads();
+  store_tile<Traits>(sQ, gmem_tile<Element, kBlockM, kHeadDim>(p.dq, b, h, row0), rows_valid, p.D,
+                     tid);
 }
 
 template <int kHeadDim, DType kDType>

@@ -84,15 +84,20 @@ struct Traits {
   using GmemCopy =
       decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>, Element>{},
                                Layout<Shape<_16, _8>, Stride<_8, _1>>{}, Layout<Shape<_1, _8>>{}));
+  // The same thread arrangement for the way back: 16-byte shared-memory reads and global stores.
+  using GmemStore =
+      decltype(make_tiled_copy(Copy_Atom<UniversalCopy<cute::uint128_t>, Element>{},
+                               Layout<Shape<_16, _8>, Stride<_8, _1>>{}, Layout<Shape<_1, _8>>{}));
 };
 
-// A (kRows x kHeadDim) window of a (B, N, H, D) tensor at (b, row0, h), rows
+// A (kRows x kCols) window of a (B, N, H, D) tensor at (b, row0, h, col0), rows
 // beyond the tensor included (they are never dereferenced: see load_tile).
-template <typename Element, int kRows, int kHeadDim>
-__device__ __forceinline__ auto gmem_tile(const TensorRef& t, int b, int h, int row0) {
+template <typename Element, int kRows, int kCols>
+__device__ __forceinline__ auto gmem_tile(const TensorRef& t, int b, int h, int row0,
+                                          int col0 = 0) {
   Element* base = static_cast<Element*>(t.ptr) + b * t.batch_stride + h * t.head_stride +
-                  static_cast<int64_t>(row0) * t.row_stride;
-  return make_tensor(make_gmem_ptr(base), Shape<Int<kRows>, Int<kHeadDim>>{},
+                  static_cast<int64_t>(row0) * t.row_stride + col0;
+  return make_tensor(make_gmem_ptr(base), Shape<Int<kRows>, Int<kCols>>{},
                      make_stride(t.row_stride, _1{}));
 }
 
@@ -115,6 +120,28 @@ __device__ __forceinline__ void load_tile(const GTensor& g, STensor& s, int rows
         cute::copy(gmem_copy, src(_, m, k), dst(_, m, k));
       } else {
         cute::clear(dst(_, m, k));
+      }
+    }
+  }
+}
+
+// Writes the valid part of a shared-memory tile (rows < rows_valid, columns < D) to its
+// global tile in 16-byte chunks, the mirror of load_tile; thread `tid` of 128 moves its
+// chunks. The caller synchronizes: the tile must be complete in shared memory.
+template <typename Traits, typename STensor, typename GTensor>
+__host__ __device__ __forceinline__ void store_tile(const STensor& s, GTensor&& g, int rows_valid,
+                                                    int D, int tid) {
+  typename Traits::GmemStore gmem_store;
+  auto thr = gmem_store.get_thread_slice(tid);
+  Tensor src = thr.partition_S(s);
+  Tensor dst = thr.partition_D(g);
+  Tensor coord = thr.partition_D(make_identity_tensor(make_shape(size<0>(s), size<1>(s))));
+#pragma unroll
+  for (int m = 0; m < size<1>(dst); ++m) {
+#pragma unroll
+    for (int k = 0; k < size<2>(dst); ++k) {
+      if (get<0>(coord(0, m, k)) < rows_valid && get<1>(coord(0, m, k)) < D) {
+        cute::copy(gmem_store, src(_, m, k), dst(_, m, k));
       }
     }
   }
@@ -164,13 +191,13 @@ __device__ __forceinline__ void gemm_rs(Acc& acc, const RA& rA, RB& rB, const SB
 
 // (MMA=4, MMA_M, MMA_N) -> ((2, MMA_M) rows, (2, MMA_N) cols).
 template <typename Layout>
-__device__ __forceinline__ auto rowcol(Layout acc) {
+__host__ __device__ __forceinline__ auto rowcol(Layout acc) {
   auto l = logical_divide(acc, Shape<_2>{});
   return make_layout(make_layout(get<0, 1>(l), get<1>(l)), make_layout(get<0, 0>(l), get<2>(l)));
 }
 
 template <typename T>
-__device__ __forceinline__ auto rowcol_view(T&& t) {
+__host__ __device__ __forceinline__ auto rowcol_view(T&& t) {
   return make_tensor(t.data(), rowcol(t.layout()));
 }
 

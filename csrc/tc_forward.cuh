@@ -181,10 +181,12 @@ __global__ void __launch_bounds__(kTcThreads) attention_forward_kernel(const Att
     gemm_rs(acc_o, rP, rVt, lsVt, tiled_mma, copy_v);
   }
 
-  // out = acc / l; lse = (m2 + log2 l) * ln 2. Stores are per element pair: the
-  // output is written once, the K/V streaming dominates.
+  // out = acc / l, staged in Q's shared memory (no longer read once every warp is past its
+  // last GEMM) and written in 16-byte stores; lse = (m2 + log2 l) * ln 2.
   float* lse = p.lse + (static_cast<int64_t>(b) * p.H + h) * p.rows + row0;
   const bool self_only = p.k_self.ptr != nullptr && quad_sum(saw_live_key ? 1.0f : 0.0f) == 0.0f;
+  Tensor sO_rc = rowcol_view(thr_mma.partition_C(sQ));
+  __syncthreads();
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const float sum = quad_sum(row_sum[r]);
@@ -195,12 +197,14 @@ __global__ void __launch_bounds__(kTcThreads) attention_forward_kernel(const Att
     for (int c = 0; c < size<1>(acc_o_rc); ++c) {
       const int col = get<1>(c_o(r, c));
       if (col >= p.D) continue;
-      Element* out = element_ptr<Element>(p.out, b, row0 + row, h, col);
-      *out = self_only ? *element_ptr<Element>(p.v_self, b, row0 + row, h, col)
-                       : Element(acc_o_rc(r, c) * inv);
+      sO_rc(r, c) = self_only ? *element_ptr<Element>(p.v_self, b, row0 + row, h, col)
+                              : Element(acc_o_rc(r, c) * inv);
     }
     if (tid % 4 == 0) lse[row] = (row_max[r] + log2f(sum)) * kLn2;
   }
+  __syncthreads();
+  store_tile<Traits>(sQ, gmem_tile<Element, kBlockM, kHeadDim>(p.out, b, h, row0), rows_valid, p.D,
+                     tid);
 }
 
 template <int kHeadDim, DType kDType>
