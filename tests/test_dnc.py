@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from memkernels.models import DNCConfig, DNCMemory, DNCTransformer, StreamingRunner
-from memkernels.models.dnc import USAGE_EPS, allocation_weights, content_read, content_weights, erase_and_add
+from memkernels.models.dnc import (
+    USAGE_EPS,
+    allocation_weights,
+    content_read,
+    content_weights,
+    erase_and_add,
+    unit_rows,
+)
 from memkernels.models.segments import split_segments
 
 VOCAB, SEG, BATCH = 17, 4, 3
@@ -29,8 +36,9 @@ def cosine_softmax(key, strength, memory):
 def test_content_weights_and_read_match_the_cosine_formula():
     torch.manual_seed(1)
     keys, strengths, memory = torch.randn(2, 3, 4, **f64), 1 + torch.rand(2, 3, **f64) * 4, torch.randn(2, 5, 4, **f64)
-    weights = content_weights(keys, strengths, memory, "torch")
-    reads = content_read(keys, strengths, memory, "torch")
+    unit_keys, unit_memory = unit_rows(keys, "torch"), unit_rows(memory, "torch")
+    weights = content_weights(unit_keys, strengths, unit_memory)
+    reads = content_read(unit_keys, strengths, unit_memory, memory, "torch")
     for b in range(2):
         for r in range(3):
             want = cosine_softmax(keys[b, r], strengths[b, r], memory[b])
@@ -39,8 +47,9 @@ def test_content_weights_and_read_match_the_cosine_formula():
 
 
 def test_content_weights_are_uniform_over_an_empty_memory():
-    weights = content_weights(torch.randn(1, 1, 4, **f64), torch.full((1, 1), 3.0, **f64), torch.zeros(1, 5, 4, **f64),
-                              "torch")
+    unit_keys = unit_rows(torch.randn(1, 1, 4, **f64), "torch")
+    unit_memory = unit_rows(torch.zeros(1, 5, 4, **f64), "torch")
+    weights = content_weights(unit_keys, torch.full((1, 1), 3.0, **f64), unit_memory)
     torch.testing.assert_close(weights, torch.full((1, 1, 5), 0.2, **f64))
 
 

@@ -91,18 +91,17 @@ def unit_rows(x: Tensor, backend: str) -> Tensor:
     return memory_norm(x, x.new_zeros(x.shape[1:]), eps=COSINE_EPS, backend=backend)
 
 
-def content_weights(keys: Tensor, strengths: Tensor, memory: Tensor, backend: str) -> Tensor:
-    """softmax_j(beta_i cos(k_i, M[j])): keys (B, R, W), strengths (B, R), memory (B, N, W) -> (B, R, N)."""
-    cosine = torch.einsum("brw,bnw->brn", unit_rows(keys, backend), unit_rows(memory, backend))
-    return torch.softmax(strengths[..., None] * cosine, dim=-1)
+def content_weights(unit_keys: Tensor, strengths: Tensor, unit_memory: Tensor) -> Tensor:
+    """softmax_j(beta_i cos(k_i, M[j])) from unit keys (B, R, W) and unit memory rows (B, N, W)
+    (`unit_rows`); strengths (B, R) -> (B, R, N)."""
+    return torch.softmax(strengths[..., None] * torch.einsum("brw,bnw->brn", unit_keys, unit_memory), dim=-1)
 
 
-def content_read(keys: Tensor, strengths: Tensor, memory: Tensor, backend: str) -> Tensor:
-    """content_weights(keys, strengths, memory) @ memory, as one memory_read: (B, R, W)."""
-    queries = strengths[..., None] * unit_rows(keys, backend)
-    out = memory_read(queries[:, :, None], unit_rows(memory, backend)[:, :, None], memory[:, :, None],
-                      scale=1.0, backend=backend)
-    return out[:, :, 0]
+def content_read(unit_keys: Tensor, strengths: Tensor, unit_memory: Tensor, memory: Tensor, backend: str) -> Tensor:
+    """content_weights(unit_keys, strengths, unit_memory) @ memory, as one memory_read: (B, R, W)."""
+    queries = strengths[..., None] * unit_keys
+    return memory_read(queries[:, :, None], unit_memory[:, :, None], memory[:, :, None], scale=1.0,
+                       backend=backend)[:, :, 0]
 
 
 def allocation_weights(usage: Tensor) -> Tensor:
@@ -146,18 +145,25 @@ class DNCMemory(nn.Module):
         write_key, write_strength, erase, add, write_gate, allocation_gate, read_keys, read_strengths = parts
         write_strength, read_strengths = 1 + F.softplus(write_strength), 1 + F.softplus(read_strengths)
         erase, write_gate, allocation_gate = erase.sigmoid(), write_gate.sigmoid(), allocation_gate.sigmoid()
-        read_keys = read_keys.unflatten(-1, (self.n_reads, self.width))
+        # The keys do not depend on the memory: normalised for the whole segment at once; the memory
+        # is normalised once per token, after its write (for the reads, then the next token's write).
+        batch, length = controller.shape[:2]
+        write_key = unit_rows(write_key, self.backend)
+        read_keys = unit_rows(read_keys.reshape(batch, length * self.n_reads, self.width), self.backend)
+        read_keys = read_keys.view(batch, length, self.n_reads, self.width)
         memory, usage = state
+        unit_memory = unit_rows(memory, self.backend)
         reads, writes = [], []
-        for t in range(controller.shape[1]):
-            content = content_weights(write_key[:, t, None], write_strength[:, t], memory, self.backend)[:, 0]
+        for t in range(length):
+            content = content_weights(write_key[:, t, None], write_strength[:, t], unit_memory)[:, 0]
             mixed = allocation_gate[:, t] * allocation_weights(usage) + (1 - allocation_gate[:, t]) * content
             weights = write_gate[:, t] * mixed * real[:, t, None]
             writes.append(weights)
             keep = real[:, t, None]
             memory = torch.where(keep[..., None], erase_and_add(memory, weights, erase[:, t], add[:, t]), memory)
             usage = torch.where(keep, updated_usage(usage, weights), usage)
-            reads.append(content_read(read_keys[:, t], read_strengths[:, t], memory, self.backend))
+            unit_memory = unit_rows(memory, self.backend)
+            reads.append(content_read(read_keys[:, t], read_strengths[:, t], unit_memory, memory, self.backend))
         projected = self.read_proj(torch.stack(reads, dim=1).flatten(-2))
         return projected, DNCState(memory, usage), torch.stack(writes, dim=1), write_gate[..., 0]
 
