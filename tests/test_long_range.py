@@ -41,10 +41,35 @@ def test_unknown_task_is_rejected():
 
 def test_quick_copy_memformer_beats_the_no_memory_model(tmp_path, capsys):
     plot = tmp_path / "copy.png"
-    results = long_range.main(["--task", "copy", "--quick", "--plot", str(plot)])
+    models = ["memformer", "txl-1-segment", "no-memory"]
+    results = long_range.main(["--tasks", "copy", "--models", *models, "--quick", "--jobs", "1",
+                                "--plot", str(plot)])["copy"]
     far = {name: sum(acc for d, acc in r.items() if d >= 2) / (SPEC.n_segments - 2) for name, r in results.items()}
     assert far["memformer"] > far["no-memory"] + 0.3, far
     assert far["no-memory"] < 0.3 and far["txl-1-segment"] < 0.3, far
-    assert plot.stat().st_size > 0
+    assert plot.stat().st_size > 0 and (tmp_path / "copy_loss.png").stat().st_size > 0
     last_lines = capsys.readouterr().out.strip().splitlines()[-3:]
-    assert [line.split(":")[0] for line in last_lines] == ["memformer", "txl-1-segment", "no-memory"]
+    assert [line.split(":")[0] for line in last_lines] == [f"copy {name}" for name in models]
+
+
+def test_every_model_and_task_runs_through_the_example(tmp_path, capsys):
+    """Two training steps each for the new memory models: the pipeline, tables and plots, not learning."""
+    plot = tmp_path / "lr.png"
+    results = long_range.main(["--tasks", "recall", "brackets", "--models", "kv-memory", "dnc", "--quick",
+                               "--steps", "2", "--jobs", "1", "--plot", str(plot)])
+    assert set(results) == {"recall", "brackets"}
+    for by_model in results.values():
+        assert set(by_model) == {"kv-memory", "dnc"}
+        assert all(0 <= acc <= 1 for r in by_model.values() for acc in r.values())
+    out = capsys.readouterr().out
+    assert out.count("answer loss by sequence length in tokens") == 2
+    assert "     16     24     40     64" in out
+    assert plot.stat().st_size > 0 and (tmp_path / "lr_loss.png").stat().st_size > 0
+
+
+def test_a_run_does_not_depend_on_the_other_runs_asked_for(tmp_path):
+    alone = long_range.main(["--tasks", "copy", "--models", "kv-memory", "--quick", "--steps", "2",
+                             "--jobs", "1", "--plot", str(tmp_path / "a.png")])
+    together = long_range.main(["--tasks", "copy", "--models", "no-memory", "kv-memory", "--quick", "--steps", "2",
+                                "--jobs", "1", "--plot", str(tmp_path / "b.png")])
+    assert alone["copy"]["kv-memory"] == together["copy"]["kv-memory"]
