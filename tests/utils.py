@@ -41,6 +41,14 @@ def backends_for(dtype, op="memory_read", *, grouped=False, kernels_only=False):
     return params
 
 
+def gradcheck(fn, inputs, backend: str, **kwargs) -> bool:
+    """torch.autograd.gradcheck, in its fast mode (u^T J v for random u and v: a few calls
+    instead of two per input element) where the backend is the Triton interpreter, whose
+    calls take tenths of a second; a wrong gradient fails either mode."""
+    fast = backend == "triton" and DEVICE.type == "cpu"
+    return torch.autograd.gradcheck(fn, inputs, fast_mode=fast, **kwargs)
+
+
 def dtypes_for_device():
     dtypes = [torch.float32, torch.float16]
     return dtypes + [torch.bfloat16] if DEVICE.type == "cuda" else dtypes
