@@ -21,7 +21,7 @@ $(READY): pyproject.toml setup.py $(wildcard csrc/*)
 
 test: $(READY)
 	$(PY) -m memkernels.info
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 BENCH_OUT ?= benchmarks/results/local
 
