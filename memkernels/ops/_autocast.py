@@ -29,13 +29,23 @@ def _cast(t, dtype: torch.dtype):
     return t
 
 
+def _any_autocast_enabled() -> bool:
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
+
+# One C call answers "is any autocast on?", the common "no" of every eager op call.
+_any_enabled = getattr(torch._C, "_is_any_autocast_enabled", _any_autocast_enabled)
+
+
 def enabled(first) -> bool:
     """Is autocast on for the device of `first` (the op's first tensor)?
 
     Only CPU and CUDA have autocast here; asking torch about another device type (meta,
     used to count FLOPs without running) raises."""
-    return (isinstance(first, Tensor) and first.device.type in _AUTOCAST_KEYS
-            and torch.is_autocast_enabled(first.device.type))
+    if not _any_enabled() or not isinstance(first, Tensor):
+        return False
+    device_type = "cuda" if first.is_cuda else "cpu" if first.is_cpu else None
+    return device_type is not None and torch.is_autocast_enabled(device_type)
 
 
 def cast(policy: str, *tensors):
