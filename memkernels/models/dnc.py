@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from memkernels.models.adaptive import output_head
 from memkernels.models.layers import DecoderLayer, TokenEmbedding, causal_mask
-from memkernels.models.segments import split_segments
+from memkernels.models.segments import SegmentRecurrentLM, split_segments
 from memkernels.ops.memory_norm import memory_norm
 from memkernels.ops.memory_read import memory_read
 
@@ -168,7 +168,7 @@ class DNCMemory(nn.Module):
         return projected, DNCState(memory, usage), torch.stack(writes, dim=1), write_gate[..., 0]
 
 
-class DNCTransformer(nn.Module):
+class DNCTransformer(SegmentRecurrentLM):
     def __init__(self, cfg: DNCConfig):
         super().__init__()
         self.cfg = cfg
@@ -189,12 +189,6 @@ class DNCTransformer(nn.Module):
     def reset(self, state: DNCState, reset: Tensor) -> DNCState:
         keep = ~reset
         return DNCState(state.memory * keep[:, None, None], state.usage * keep[:, None])
-
-    def step(self, tokens: Tensor, state: DNCState, padding_mask: Tensor | None = None,
-             reset: Tensor | None = None) -> tuple[Tensor, DNCState]:
-        """One segment: logits (B, L, vocab) for the next token, and the next state."""
-        hidden, state = self.body(tokens, state, padding_mask, reset)
-        return self.head.logits(hidden), state
 
     def body(self, tokens: Tensor, state: DNCState, padding_mask: Tensor | None = None,
              reset: Tensor | None = None) -> tuple[Tensor, DNCState]:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from memkernels.models.adaptive import output_head
 from memkernels.models.layers import DecoderLayer, FeedForward, TokenEmbedding, causal_mask
-from memkernels.models.segments import stream_loss
+from memkernels.models.segments import SegmentRecurrentLM
 from memkernels.ops.memory_read import memory_read
 
 # Score given to empty store places inside memory_read: exp(-1e4) is 0 in every dtype, so they
@@ -175,7 +175,7 @@ class KVMemoryLayer(nn.Module):
         return x + self.drop(self.ff(self.ff_norm(x))), k, v
 
 
-class KVMemoryTransformer(nn.Module):
+class KVMemoryTransformer(SegmentRecurrentLM):
     def __init__(self, cfg: KVMemoryConfig):
         super().__init__()
         self.cfg = cfg
@@ -186,10 +186,6 @@ class KVMemoryTransformer(nn.Module):
             DecoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, cross=False) for i in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = output_head(self.embedding.embed, cfg.head, cfg.cutoffs)
-
-    def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
-        """Full-sequence training loss: mean next-token cross-entropy of (B, N) tokens, BPTT."""
-        return stream_loss(self, tokens, segment_len)
 
     def initial_state(self, batch_size: int, segment_len: int | None = None) -> KVMemoryState:
         """An empty store (segment_len is accepted for the common model interface)."""
@@ -204,12 +200,6 @@ class KVMemoryTransformer(nn.Module):
         keep = ~reset
         entries = keep[None, :, None, None, None]
         return KVMemoryState(state.keys * entries, state.values * entries, state.valid & keep[:, None])
-
-    def step(self, tokens: Tensor, state: KVMemoryState, padding_mask: Tensor | None = None,
-             reset: Tensor | None = None) -> tuple[Tensor, KVMemoryState]:
-        """One segment: logits (B, L, vocab) for the next token, and the next state."""
-        hidden, state = self.body(tokens, state, padding_mask, reset)
-        return self.head.logits(hidden), state
 
     def body(self, tokens: Tensor, state: KVMemoryState, padding_mask: Tensor | None = None,
              reset: Tensor | None = None) -> tuple[Tensor, KVMemoryState]:

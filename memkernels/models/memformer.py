@@ -45,7 +45,7 @@ from memkernels.models.layers import (
     causal_mask,
     draw_seed,
 )
-from memkernels.models.segments import stream_loss
+from memkernels.models.segments import SegmentRecurrentLM
 from memkernels.nn import MemoryReader, MemoryWriter
 
 
@@ -110,7 +110,7 @@ class EncoderLayer(nn.Module):
         return x + self.drop(self.ff(self.ff_norm(x)))
 
 
-class Memformer(nn.Module):
+class Memformer(SegmentRecurrentLM):
     def __init__(self, cfg: MemformerConfig):
         super().__init__()
         self.cfg = cfg
@@ -125,10 +125,6 @@ class Memformer(nn.Module):
         self.start_context = nn.Parameter(torch.randn(d) * 0.02)
         self.head = output_head(self.embedding.embed, cfg.head, cfg.cutoffs)
         self.write_observers: list = []
-
-    def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
-        """Full-sequence training loss: mean next-token cross-entropy of (B, N) tokens, BPTT."""
-        return stream_loss(self, tokens, segment_len)
 
     def initial_state(self, batch_size: int, segment_len: int) -> MemformerState:
         """The state at a document start: normalize(bias) memory and the start context."""
@@ -156,16 +152,6 @@ class Memformer(nn.Module):
             for layer in self.decoder:
                 h = layer(h, self_mask, state.context, cross_mask)
         return self.decoder_norm(h), next_state
-
-    def step(self, tokens: Tensor, state: MemformerState, padding_mask: Tensor | None = None,
-             reset: Tensor | None = None) -> tuple[Tensor, MemformerState]:
-        """One segment: logits (B, L, vocab) for the next token at every position, and the next state.
-
-        tokens (B, L) long; padding_mask (B, L) bool, True = real token; reset (B,) bool.
-        With the adaptive head the logits are log-probabilities.
-        """
-        hidden, next_state = self.body(tokens, state, padding_mask, reset)
-        return self.head.logits(hidden), next_state
 
     def _memory_path(self, tokens, state, padding_mask, reset):
         """(embedded tokens, state after reset, next state, the decoder's seed)."""

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from memkernels.models.adaptive import IGNORE
 
@@ -69,3 +69,20 @@ def stream_loss(model, tokens: Tensor, segment_len: int) -> Tensor:
     """Mean next-token cross-entropy of a (B, N) stream, segment by segment, in one graph."""
     state = model.initial_state(tokens.shape[0], segment_len)
     return rollout_loss(model, split_segments(tokens, segment_len), state)[0]
+
+
+class SegmentRecurrentLM(nn.Module):
+    """What the recurrent models (Memformer, Transformer-XL, the key-value memory, the DNC)
+    share: a subclass defines `initial_state(batch_size, segment_len)`, `body(tokens, state,
+    padding_mask, reset)` and a `head`; this gives `step` and the full-sequence loss."""
+
+    def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
+        """Full-sequence training loss: mean next-token cross-entropy of (B, N) tokens, BPTT."""
+        return stream_loss(self, tokens, segment_len)
+
+    def step(self, tokens: Tensor, state, padding_mask: Tensor | None = None, reset: Tensor | None = None):
+        """One segment: logits (B, L, vocab) for the next token at every position, and the next
+        state. tokens (B, L) long; padding_mask (B, L) bool, True = real token; reset (B,) bool.
+        With the adaptive head the logits are log-probabilities."""
+        hidden, next_state = self.body(tokens, state, padding_mask, reset)
+        return self.head.logits(hidden), next_state

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from memkernels.models.adaptive import WT103_CUTOFFS, output_head
 from memkernels.models.layers import FeedForward, attendable, scaled_embedding, sinusoid
-from memkernels.models.segments import stream_loss
+from memkernels.models.segments import SegmentRecurrentLM
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class TransformerXLLayer(nn.Module):
         return x + self.drop(self.ff(self.ff_norm(x)))
 
 
-class TransformerXL(nn.Module):
+class TransformerXL(SegmentRecurrentLM):
     def __init__(self, cfg: TransformerXLConfig):
         super().__init__()
         self.cfg = cfg
@@ -113,10 +113,6 @@ class TransformerXL(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = output_head(self.embed, cfg.head, cfg.cutoffs)
 
-    def forward(self, tokens: Tensor, segment_len: int) -> Tensor:
-        """Full-sequence training loss: mean next-token cross-entropy of (B, N) tokens, BPTT."""
-        return stream_loss(self, tokens, segment_len)
-
     def initial_state(self, batch_size: int, segment_len: int | None = None) -> TransformerXLState:
         """An empty cache, or with fixed_cache a masked-out one of mem_len zeros (segment_len is
         accepted for the common model interface)."""
@@ -124,15 +120,6 @@ class TransformerXL(nn.Module):
         cached = self.cfg.mem_len if self.cfg.fixed_cache else 0
         memories = weight.new_zeros(self.cfg.n_layers, batch_size, cached, self.cfg.d_model)
         return TransformerXLState(memories, torch.zeros(batch_size, cached, dtype=torch.bool, device=weight.device))
-
-    def step(self, tokens: Tensor, state: TransformerXLState, padding_mask: Tensor | None = None,
-             reset: Tensor | None = None) -> tuple[Tensor, TransformerXLState]:
-        """One segment: logits (B, L, vocab) for the next token, and the updated caches.
-
-        With the adaptive head the logits are log-probabilities.
-        """
-        hidden, state = self.body(tokens, state, padding_mask, reset)
-        return self.head.logits(hidden), state
 
     def body(self, tokens: Tensor, state: TransformerXLState, padding_mask: Tensor | None = None,
              reset: Tensor | None = None) -> tuple[Tensor, TransformerXLState]:
