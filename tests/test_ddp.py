@@ -8,8 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from memkernels.models import (DNCConfig, DNCTransformer, KVMemoryConfig, KVMemoryTransformer, Memformer,
-                               memformer_mnist)
+from memkernels.models import DNCConfig, DNCTransformer, KVMemoryConfig, KVMemoryTransformer, Memformer, memformer_mnist
 
 VOCAB, SEG, WORLD, STEPS = 17, 4, 2, 2
 KINDS = ("memformer", "kv-memory", "dnc")
