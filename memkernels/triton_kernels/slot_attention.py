@@ -309,15 +309,15 @@ def _bwd_slots(
     c = grad_scale(scale, BASE2)
     p_self = p_self * p_scale  # [BLOCK_K]
     ds_self = p_self * (dp_self - delta)  # [BLOCK_K]
-    # dq, dk, dv (B, K, H, D) and delta (B, H, K) are allocated contiguous. Each reread tile is
-    # used before the next is read, so that fewer are live beside dq (fewer spills, sm_90 D128).
-    slot_rows = (b * K * H + h) * D
     k = load_tile(k_base, slots, K, stride_kk, cols, D, stride_kd, True, not EVEN_D, ".cg")  # [BLOCK_K, BLOCK_D]
-    store_tile(dq_ptr + slot_rows, slots, K, H * D, cols, D, (dq + ds_self[:, None] * k.to(ACC_DTYPE)) * c)
     q = load_tile(q_ptr + b * stride_qb + h * stride_qh, slots, K, stride_qk, cols, D, stride_qd, True, not EVEN_D,
                   ".cg")  # [BLOCK_K, BLOCK_D]
-    store_tile(dk_ptr + slot_rows, slots, K, H * D, cols, D, (c * ds_self)[:, None] * q.to(ACC_DTYPE))
     dout = load_tile(dout_base, slots, K, stride_gk, cols, D, stride_gd, True, not EVEN_D, ".cg")
+    dq = (dq + ds_self[:, None] * k.to(ACC_DTYPE)) * c
+    # dq, dk, dv (B, K, H, D) and delta (B, H, K) are allocated contiguous.
+    slot_rows = (b * K * H + h) * D
+    store_tile(dq_ptr + slot_rows, slots, K, H * D, cols, D, dq)
+    store_tile(dk_ptr + slot_rows, slots, K, H * D, cols, D, (c * ds_self)[:, None] * q.to(ACC_DTYPE))
     store_tile(dv_ptr + slot_rows, slots, K, H * D, cols, D, p_self[:, None] * dout.to(ACC_DTYPE))
     tl.store(delta_ptr + bh * K + slots, delta, mask=slots < K)
     tl.store(p_scale_ptr + bh * K + slots, p_scale, mask=slots < K)
