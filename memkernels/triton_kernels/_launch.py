@@ -155,6 +155,8 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
         rows = min(rows, rows_cap)
         while rows > 16 and batch_heads * cdiv(n_rows, rows) < _TARGET_PROGRAMS:
             rows //= 2
+        if kernel == "rows":  # 16 rows streaming 32 spilled (slot dq/dk/dv, 16-24 bytes); 16 do not
+            stream = rows
         return Tiles(rows, min(stream, stream_cap), block_d, warps, stages)
     hopper = arch >= 90
     if kernel in ("forward", "masked_forward"):
