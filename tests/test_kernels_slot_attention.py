@@ -186,7 +186,7 @@ def test_peaked_softmax_gradient_is_accurate(kernels, backend, device, dtype):
 # --------------------------------------------------------------------------- Triton's launch plans
 
 
-@pytest.mark.parametrize("kernel", ["forward", "rows", "stream"])
+@pytest.mark.parametrize("kernel", ["forward", "masked_forward", "rows", "stream"])
 @pytest.mark.parametrize("elem_size", [2, 4, 8])
 def test_triton_tiles_are_valid_and_shape_determined(kernel, elem_size):
     for head_dim in (1, 8, 24, 48, 64, 80, 96, 128, 200, 256):

@@ -119,7 +119,8 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
                     kernel: str = "forward") -> Tiles:
     """Block sizes for an attention kernel as a pure function of the architecture and shape.
 
-    `kernel` is "forward" (one [rows, D] accumulator and one tile of scores), "rows" (a
+    `kernel` is "forward" (one [rows, D] accumulator and one tile of scores), "masked_forward"
+    (the same with a padding mask: slot attention's forward with one), "rows" (a
     backward kernel owning query rows: one accumulator, scores and their gradient) or
     "stream" (a backward kernel owning key rows: two accumulators, dk and dv).
 
@@ -130,7 +131,8 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
     belongs to a warpgroup of 4 warps covering 64 rows: a program owns 64 rows per warpgroup,
     never two warpgroups on the same 64 rows (which would both issue the whole product), and
     128 rows (two warpgroups) where the rows allow; the forward streams 128 keys at D <= 64,
-    which halves the per-block overhead. On sm_80 (mma.sync, per warp) 8 warps share 64 rows.
+    which halves the per-block overhead. On sm_80 (mma.sync, per warp) 8 warps share 64 rows,
+    32 in the backward at D128 and in the masked forward at D128, where 64 spilled.
     The sizes were chosen from benchmarks/codegen.py's output (registers and ptxas spills).
     float32 ("ieee" dots, on the FMA units) keeps operands in registers and
     takes 32-row tiles (16 for dk/dv); head dim 256 takes 16-row tiles over 8 warps in every
@@ -153,18 +155,27 @@ def attention_tiles(arch: int, n_rows: int, n_stream: int, batch_heads: int, hea
         rows = min(rows, rows_cap)
         while rows > 16 and batch_heads * cdiv(n_rows, rows) < _TARGET_PROGRAMS:
             rows //= 2
+        if kernel == "rows":  # 16 rows streaming 32 spilled (slot dq/dk/dv, 16-24 bytes); 16 do not
+            stream = rows
         return Tiles(rows, min(stream, stream_cap), block_d, warps, stages)
     hopper = arch >= 90
-    if kernel == "forward":
+    if kernel in ("forward", "masked_forward"):
         rows = 128 if hopper and n_rows >= 128 else 64
+        if kernel == "masked_forward" and not hopper and block_d > 64:
+            rows = 32  # sm_80 D128: 64 rows spilled 64 bytes; 32 spill nothing
         stream, stages = (128, 2) if hopper and block_d <= 64 else (64, 3)
     elif kernel == "rows":
         rows = 128 if hopper and n_rows >= 128 and block_d <= 64 else 64
+        if not hopper and block_d > 64:
+            rows = 32  # sm_80 D128: 64 rows spilled 0.8-1.5 KB (dq, slot dq/dk/dv); 32 spill nothing
         stream, stages = 64, 2
-    else:
+    elif hopper:
         rows, stream, stages = 64, (64 if block_d <= 64 else 32), 2
+    else:
+        # sm_80: a 64x64 step spilled slot bwd_tokens at D64, 64 rows at D128 (0.8 KB); these spill nothing.
+        rows, stream, stages = (64 if block_d <= 64 else 32), 32, 2
     rows = min(rows, rows_cap)
-    # sm_90: 64 rows per warpgroup. sm_80: 8 warps share the 64 rows (mma.sync has no warpgroup
+    # sm_90: 64 rows per warpgroup. sm_80: 8 warps share the row tile (mma.sync has no warpgroup
     # to duplicate; 4 warps holding 16 rows of a D-wide accumulator each spilled at D128).
     warps = 4 * max(1, rows // 64) if hopper else 8
     return Tiles(rows, min(stream, stream_cap), block_d, warps, stages)

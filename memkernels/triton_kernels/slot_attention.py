@@ -324,6 +324,33 @@ def _bwd_slots(
 
 
 @triton.jit
+def _token_grads(k_tok, v_tok, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr, stride_qk, stride_qd, stride_gk,
+                 stride_gd, cols, K, D, scale, dk_tok, dv_tok, EVEN_D: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
+                 ACC_DTYPE: tl.constexpr, USE_TL_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, BASE2: tl.constexpr,
+                 BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr):
+    # The token kernel's loop over every slot block, in order.
+    k_full = K - K % BLOCK_K  # slots in whole blocks
+    if WHOLE_BLOCKS:  # as in _fwd
+        for start in range(0, k_full, BLOCK_K):
+            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr,
+                                             start + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd, stride_gk,
+                                             stride_gd, cols, D, scale, dk_tok, dv_tok, False, EVEN_D, BLOCK_L,
+                                             BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+        if k_full < K:
+            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr,
+                                             k_full + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd, stride_gk,
+                                             stride_gd, cols, D, scale, dk_tok, dv_tok, True, EVEN_D, BLOCK_L,
+                                             BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+    else:
+        for start in range(0, K, BLOCK_K):
+            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr, delta_ptr, p_scale_ptr,
+                                             start + tl.arange(0, BLOCK_K), K, stride_qk, stride_qd, stride_gk,
+                                             stride_gd, cols, D, scale, dk_tok, dv_tok, True, EVEN_D, BLOCK_L,
+                                             BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+    return dk_tok, dv_tok
+
+
+@triton.jit
 def _bwd_tokens(
     q_ptr, k_tok_ptr, v_tok_ptr, mask_ptr, dout_ptr, lse_ptr, delta_ptr, p_scale_ptr, dk_tok_ptr, dv_tok_ptr,
     stride_qb, stride_qk, stride_qh, stride_qd,
@@ -351,27 +378,20 @@ def _bwd_tokens(
     q_base = q_ptr + b * stride_qb + h * stride_qh
     dout_base = dout_ptr + b * stride_gb + h * stride_gh
     stats = bh * K  # lse, delta, p_scale (B, H, K) contiguous
-    slot_end = K
-    if HAS_MASK:  # padding tokens get zero gradients: a block of nothing but padding skips the slot loop
-        slot_end = tl.where(tl.max(tok_ok.to(tl.int32), axis=0) > 0, K, 0)
-    k_full = slot_end - slot_end % BLOCK_K  # slots in whole blocks
-    if WHOLE_BLOCKS:  # as in _fwd
-        for start in range(0, k_full, BLOCK_K):
-            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                             p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk,
-                                             stride_qd, stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, False,
-                                             EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
-        if k_full < slot_end:
-            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                             p_scale_ptr + stats, k_full + tl.arange(0, BLOCK_K), K, stride_qk,
-                                             stride_qd, stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True,
-                                             EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+    if HAS_MASK:
+        # Padding tokens get zero gradients: a block of nothing but padding skips the slot loop.
+        # A branch around the loop, not a loop bound of K or 0, which cost the loop K's known
+        # divisibility and spilled registers (sm_90, D128).
+        if tl.max(tok_ok.to(tl.int32), axis=0) > 0:
+            dk_tok, dv_tok = _token_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                          p_scale_ptr + stats, stride_qk, stride_qd, stride_gk, stride_gd, cols, K, D,
+                                          scale, dk_tok, dv_tok, EVEN_D, WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT,
+                                          DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
     else:
-        for start in range(0, slot_end, BLOCK_K):
-            dk_tok, dv_tok = key_block_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
-                                             p_scale_ptr + stats, start + tl.arange(0, BLOCK_K), K, stride_qk,
-                                             stride_qd, stride_gk, stride_gd, cols, D, scale, dk_tok, dv_tok, True,
-                                             EVEN_D, BLOCK_L, BLOCK_K, ACC_DTYPE, USE_TL_DOT, DOT_PRECISION, BASE2)
+        dk_tok, dv_tok = _token_grads(k_tok, v_tok, q_base, dout_base, lse_ptr + stats, delta_ptr + stats,
+                                      p_scale_ptr + stats, stride_qk, stride_qd, stride_gk, stride_gd, cols, K, D,
+                                      scale, dk_tok, dv_tok, EVEN_D, WHOLE_BLOCKS, ACC_DTYPE, USE_TL_DOT,
+                                      DOT_PRECISION, BASE2, BLOCK_L, BLOCK_K)
     if HAS_MASK:  # padding tokens' rows hold scores outside every lse: zero, as their gradient is
         dk_tok = tl.where(tok_ok[:, None], dk_tok, 0.0)
         dv_tok = tl.where(tok_ok[:, None], dv_tok, 0.0)
@@ -563,7 +583,7 @@ def slot_attention_forward(q, k, v, k_tok, v_tok, key_padding_mask, scale: float
     L = k_tok.shape[1]
     out = _empty((B, K, H, D), q.dtype, q.device)
     lse = _empty((B, H, K), numerics(q.dtype).acc_torch, q.device)
-    tiles = _slot_tiles(q, L, "forward")
+    tiles = _slot_tiles(q, L, "forward" if key_padding_mask is None else "masked_forward")
     inputs = (q, k, v, k_tok, v_tok)
     with on_device(q):
         _launch(_FORWARD, all(t.is_contiguous() for t in inputs), cdiv(K, tiles.block_rows) * B * H,
